@@ -1,0 +1,5 @@
+import sys
+
+from mmfl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,99 @@
+"""Command line: ``mmfl run | eval | report`` (the Kubeflow layer adds compile, submit, schedule)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from rich.console import Console
+
+from mmfl.errors import MmflError
+
+console = Console()
+
+
+def _configs(args: argparse.Namespace):
+    from mmfl.config import load_config
+
+    overrides = list(args.set or [])
+    if args.rounds is not None:
+        overrides.append(f"train.rounds={args.rounds}")
+    methods = args.method or [None]
+    seeds = args.seed or [None]
+    for path in args.config:
+        for method in methods:
+            for seed in seeds:
+                extra = list(overrides)
+                if method is not None:
+                    extra += [f"method.name={method}", "method.params={}"]
+                if seed is not None:
+                    extra.append(f"seed={seed}")
+                yield load_config(path, extra)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from mmfl.data.missing import eval_patterns
+    from mmfl.engine.local import run_experiment
+    from mmfl.report import matrix_table
+
+    rows, patterns = [], []
+    for cfg in _configs(args):
+        console.print(f"[bold]experiment[/bold] {cfg.experiment_id()}  ({cfg.data.name}, {cfg.partition.num_clients} clients, "
+                      f"train missing {cfg.missing.pattern}@{cfg.missing.rate})")
+        result = run_experiment(cfg, progress=not args.no_progress)
+        if result.resumed_from:
+            console.print(f"  resumed from round {result.resumed_from}")
+        rows.append(result.row(cfg))
+        patterns = patterns or result.patterns
+    console.print(matrix_table(rows, patterns))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mmfl.report import matrix_table
+    from mmfl.reporting import latest_runs
+
+    rows, patterns = latest_runs(args.tracking_uri, args.experiment, args.limit)
+    if not rows:
+        console.print(f"no finished runs in MLflow experiment {args.experiment!r}")
+        return 0
+    console.print(matrix_table(rows, patterns, title=f"Latest runs in {args.experiment!r} (accuracy / macro-F1, %)"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmfl", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) experiments with the local engine")
+    run.add_argument("config", nargs="+", help="experiment YAML file(s)")
+    run.add_argument("--method", action="append", help="run this method (repeatable); overrides method.name")
+    run.add_argument("--seed", action="append", type=int, help="run with this seed (repeatable)")
+    run.add_argument("--rounds", type=int, help="override train.rounds")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any field, e.g. partition.alpha=0.1")
+    run.add_argument("--no-progress", action="store_true")
+    run.set_defaults(func=cmd_run)
+
+    rep = sub.add_parser("report", help="print the test matrix of the latest MLflow runs")
+    rep.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db")
+    rep.add_argument("--experiment", default="mmfl")
+    rep.add_argument("--limit", type=int, default=20)
+    rep.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except MmflError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

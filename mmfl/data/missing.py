@@ -1,0 +1,93 @@
+"""Missing-modality simulation for training shards, and the presence masks of test patterns."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mmfl.config import MissingConfig
+from mmfl.errors import ConfigError
+
+
+def client_missing_rates(cfg: MissingConfig, num_clients: int, seed: int) -> list[float]:
+    """Per-client missing rate: explicit list, or rate +- spread (inter-client heterogeneity)."""
+    if cfg.client_rates is not None:
+        return list(cfg.client_rates)
+    if cfg.client_rate_spread == 0:
+        return [cfg.rate] * num_clients
+    rng = np.random.default_rng([seed, 2])
+    lo, hi = max(0.0, cfg.rate - cfg.client_rate_spread), min(1.0, cfg.rate + cfg.client_rate_spread)
+    return rng.uniform(lo, hi, size=num_clients).tolist()
+
+
+def sample_presence(
+    num_samples: int, names: tuple[str, ...], cfg: MissingConfig, rate: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Boolean (num_samples, M) presence mask for one client; every sample keeps >= 1 modality.
+
+    ``full`` keeps everything; ``missing:<m>`` drops m from round(rate*n) samples; ``mixed``
+    drops exactly one uniformly chosen modality from round(rate*n) samples; ``independent`` drops
+    each modality with its own probability. Fixed counts (not coin flips) make the realised rate
+    equal the requested one up to rounding, which matters for small clients.
+    """
+    m = len(names)
+    present = np.ones((num_samples, m), dtype=bool)
+    pattern = cfg.pattern
+    if pattern == "full" or num_samples == 0:
+        return present
+    if pattern.startswith("missing:"):
+        target = pattern.split(":", 1)[1]
+        if target not in names:
+            raise ConfigError(f"missing.pattern = {pattern!r}: modality {target!r} not in {list(names)}")
+        count = int(round(rate * num_samples))
+        present[rng.choice(num_samples, size=count, replace=False), names.index(target)] = False
+        return present
+    if pattern == "mixed":
+        count = int(round(rate * num_samples))
+        rows = rng.choice(num_samples, size=count, replace=False)
+        # Balanced assignment of which modality is dropped, then shuffled.
+        which = rng.permutation(np.arange(count) % m)
+        present[rows, which] = False
+        return present
+    if pattern == "independent":
+        rates = cfg.rates or {}
+        unknown = [k for k in rates if k not in names]
+        if unknown:
+            raise ConfigError(f"missing.rates: modality {unknown[0]!r} not in {list(names)}")
+        probs = np.array([rates.get(n, rate) for n in names])
+        present = rng.random((num_samples, m)) >= probs
+        empty = np.flatnonzero(~present.any(axis=1))
+        present[empty, rng.integers(0, m, size=len(empty))] = True
+        return present
+    raise ConfigError(f"missing.pattern = {pattern!r}: unknown pattern")
+
+
+def simulate_missing(
+    client_sizes: list[int], names: tuple[str, ...], cfg: MissingConfig, seed: int
+) -> list[torch.Tensor]:
+    rates = client_missing_rates(cfg, len(client_sizes), seed)
+    masks = []
+    for k, n in enumerate(client_sizes):
+        rng = np.random.default_rng([seed, 3, k])
+        masks.append(torch.from_numpy(sample_presence(n, names, cfg, rates[k], rng)))
+    return masks
+
+
+def eval_patterns(names: tuple[str, ...], requested: list[str] | str = "auto") -> list[str]:
+    """``full`` plus ``only:<m>`` for every modality (or the requested list, checked)."""
+    if requested == "auto":
+        return ["full"] + [f"only:{n}" for n in names]
+    for p in requested:
+        if p != "full" and p.removeprefix("only:") not in names:
+            raise ConfigError(f"eval.patterns: {p!r} names no modality of {list(names)}")
+    return list(requested)
+
+
+def pattern_presence(pattern: str, names: tuple[str, ...], num_samples: int) -> torch.Tensor:
+    present = torch.ones(num_samples, len(names), dtype=torch.bool)
+    if pattern == "full":
+        return present
+    keep = pattern.removeprefix("only:")
+    present[:] = False
+    present[:, names.index(keep)] = True
+    return present

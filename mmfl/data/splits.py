@@ -1,0 +1,39 @@
+"""Fixed stratified train/test split and train-statistics normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from mmfl.config import DataConfig
+from mmfl.data.sources import load_raw
+from mmfl.data.types import DataSpec, MultimodalDataset
+
+
+def load_dataset(cfg: DataConfig) -> tuple[MultimodalDataset, MultimodalDataset]:
+    """Return (train, test), both complete; the split depends only on ``split_seed``.
+
+    Each modality is standardised feature-wise with statistics of the training part only.
+    """
+    raw = load_raw(cfg)
+    idx = np.arange(len(raw.labels))
+    train_idx, test_idx = train_test_split(
+        idx, test_size=cfg.test_fraction, stratify=raw.labels, random_state=cfg.split_seed
+    )
+    train_idx.sort()
+    test_idx.sort()
+    spec = DataSpec(tuple(raw.specs), raw.num_classes)
+    train_inputs, test_inputs = {}, {}
+    for m in raw.specs:
+        x = raw.arrays[m.name]
+        mean = x[train_idx].mean(axis=0, keepdims=True)
+        std = x[train_idx].std(axis=0, keepdims=True) + 1e-6
+        z = ((x - mean) / std).astype(np.float32)
+        train_inputs[m.name] = torch.from_numpy(np.ascontiguousarray(z[train_idx]))
+        test_inputs[m.name] = torch.from_numpy(np.ascontiguousarray(z[test_idx]))
+    labels = torch.from_numpy(raw.labels)
+    return (
+        MultimodalDataset(spec, train_inputs, labels[train_idx]),
+        MultimodalDataset(spec, test_inputs, labels[test_idx]),
+    )

@@ -1,0 +1,1 @@
+"""Round steps, explicit state, and the engines that drive them."""

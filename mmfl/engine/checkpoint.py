@@ -1,0 +1,45 @@
+"""Where round state lives in an artifact store, and how a run finds where to resume.
+
+Layout under ``<experiment_id>/``:
+    data/spec.json, data/client_00007.safetensors, data/test.safetensors    prepared data
+    rounds/00000/state.*                                                      initial state
+    rounds/00003/state.*, rounds/00003/metrics.json                            after round 3
+    rounds/00003/updates/client_00007/update.*                                 client updates (KFP)
+A round is complete once its ``metrics.json`` exists: it is written last, after the state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mmfl.engine.state import RoundState
+from mmfl.io.store import ArtifactStore
+
+
+def round_prefix(exp_id: str, round_index: int) -> str:
+    return f"{exp_id}/rounds/{round_index:05d}"
+
+
+def save_round(store: ArtifactStore, exp_id: str, state: RoundState, metrics: dict[str, Any]) -> None:
+    prefix = round_prefix(exp_id, state.round)
+    store.put_state(prefix, state)
+    store.put_json(f"{prefix}/metrics.json", {"round": state.round, **metrics})
+
+
+def completed_rounds(store: ArtifactStore, exp_id: str) -> list[int]:
+    rounds = set()
+    for key in store.list(f"{exp_id}/rounds"):
+        parts = key.split("/")
+        if parts[-1] == "metrics.json" and parts[-2].isdigit():
+            rounds.add(int(parts[-2]))
+    return sorted(rounds)
+
+
+def latest_round(store: ArtifactStore, exp_id: str) -> int | None:
+    done = completed_rounds(store, exp_id)
+    return done[-1] if done else None
+
+
+def load_round(store: ArtifactStore, exp_id: str, round_index: int) -> tuple[RoundState, dict[str, Any]]:
+    prefix = round_prefix(exp_id, round_index)
+    return store.get_state(prefix), store.get_json(f"{prefix}/metrics.json")

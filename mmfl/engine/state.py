@@ -1,0 +1,107 @@
+"""Explicit state passed between round steps: a flat dict of tensors plus JSON metadata.
+
+Everything a step needs from an earlier step is in these objects, so a step can run in this
+process (local engine) or in another pod (KFP component) after a safetensors + JSON round trip.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from mmfl.errors import ArtifactError
+
+
+@dataclass
+class RoundState:
+    """Server state after ``round`` completed rounds (``round = 0``: initial model)."""
+
+    round: int
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def model_weights(self) -> dict[str, torch.Tensor]:
+        return {k[len("model/"):]: v for k, v in self.tensors.items() if k.startswith("model/")}
+
+    def with_model(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A copy of ``tensors`` whose model part is replaced by ``weights``."""
+        out = {k: v for k, v in self.tensors.items() if not k.startswith("model/")}
+        out.update({f"model/{k}": v.detach() for k, v in weights.items()})
+        return out
+
+
+@dataclass
+class ClientUpdate:
+    """What one client sends back after local training."""
+
+    client_id: int
+    num_samples: int
+    tensors: dict[str, torch.Tensor]
+    metrics: dict[str, float] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def model_weights(self) -> dict[str, torch.Tensor]:
+        return {k[len("model/"):]: v for k, v in self.tensors.items() if k.startswith("model/")}
+
+
+def tensors_to_bytes(tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> bytes:
+    """safetensors bytes; tensors are copied so views and shared storage serialise safely."""
+    return st_save({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, metadata=meta)
+
+
+def tensors_from_bytes(data: bytes, what: str = "tensors") -> dict[str, torch.Tensor]:
+    try:
+        return st_load(data)
+    except Exception as exc:  # safetensors raises several internal error types
+        raise ArtifactError(f"{what}: not a valid safetensors file ({exc})") from None
+
+
+def json_to_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, indent=1, allow_nan=False).encode()
+
+
+def json_from_bytes(data: bytes, what: str = "metadata") -> Any:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{what}: not valid JSON ({exc})") from None
+
+
+def state_to_bytes(state: RoundState) -> tuple[bytes, bytes]:
+    return tensors_to_bytes(state.tensors), json_to_bytes({"round": state.round, "meta": state.meta})
+
+
+def state_from_bytes(tensor_bytes: bytes, json_bytes: bytes, what: str = "state") -> RoundState:
+    doc = json_from_bytes(json_bytes, what)
+    if not isinstance(doc, dict) or not isinstance(doc.get("round"), int) or not isinstance(doc.get("meta"), dict):
+        raise ArtifactError(f"{what}: metadata must be an object with integer 'round' and object 'meta'")
+    return RoundState(doc["round"], tensors_from_bytes(tensor_bytes, what), doc["meta"])
+
+
+def update_to_bytes(update: ClientUpdate) -> tuple[bytes, bytes]:
+    doc = {
+        "client_id": update.client_id,
+        "num_samples": update.num_samples,
+        "metrics": update.metrics,
+        "meta": update.meta,
+    }
+    return tensors_to_bytes(update.tensors), json_to_bytes(doc)
+
+
+def update_from_bytes(tensor_bytes: bytes, json_bytes: bytes, what: str = "update") -> ClientUpdate:
+    doc = json_from_bytes(json_bytes, what)
+    try:
+        return ClientUpdate(
+            client_id=int(doc["client_id"]),
+            num_samples=int(doc["num_samples"]),
+            tensors=tensors_from_bytes(tensor_bytes, what),
+            metrics={str(k): float(v) for k, v in doc.get("metrics", {}).items()},
+            meta=dict(doc.get("meta", {})),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ArtifactError(f"{what}: malformed update metadata ({exc})") from None

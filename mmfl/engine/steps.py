@@ -1,0 +1,138 @@
+"""The five round steps, as pure functions over explicit state.
+
+    client_train -> upload_prototypes -> aggregate -> schedule -> evaluate
+
+The local engine calls them in one process; each Kubeflow component calls exactly one of them
+after reading its inputs from the artifact store. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
+from mmfl.config import ExperimentConfig
+from mmfl.data import FederatedData, build_federated_data
+from mmfl.data.missing import eval_patterns, pattern_presence
+from mmfl.data.types import DataSpec, MultimodalDataset
+from mmfl.engine.state import ClientUpdate, RoundState
+from mmfl.methods import Method, get_method
+from mmfl.methods.base import Context
+
+
+def method_of(cfg: ExperimentConfig) -> Method:
+    return get_method(cfg.method.name)
+
+
+def spec_of(state: RoundState) -> DataSpec:
+    return DataSpec.from_json(state.meta["data_spec"])
+
+
+def prepare_data(cfg: ExperimentConfig) -> FederatedData:
+    """Load, split, partition and apply missing masks; deterministic in the config."""
+    return build_federated_data(cfg)
+
+
+def init_state(cfg: ExperimentConfig, spec: DataSpec) -> RoundState:
+    return method_of(cfg).init_state(spec, cfg)
+
+
+def sample_clients(cfg: ExperimentConfig, round_index: int) -> list[int]:
+    """Clients that train in round ``round_index`` (1-based), seeded by (seed, round)."""
+    n = cfg.partition.num_clients
+    k = max(1, int(round(cfg.train.clients_per_round * n)))
+    if k >= n:
+        return list(range(n))
+    rng = np.random.default_rng([cfg.seed, 4, round_index])
+    return sorted(rng.choice(n, size=k, replace=False).tolist())
+
+
+def client_train(
+    cfg: ExperimentConfig, state: RoundState, shards: Mapping[int, MultimodalDataset], client_ids: Sequence[int]
+) -> list[ClientUpdate]:
+    """Local training of the sampled clients from the global state of the round."""
+    if cfg.train.engine == "vectorized":
+        from mmfl.engine.vectorized import client_train_vectorized
+
+        return client_train_vectorized(cfg, state, shards, client_ids)
+    method, spec = method_of(cfg), spec_of(state)
+    updates = []
+    for cid in client_ids:
+        ctx = Context(cfg, spec, state.round + 1, cid, cfg.train.device)
+        updates.append(method.client_update(state, shards[cid], ctx))
+    return updates
+
+
+def upload_prototypes(
+    cfg: ExperimentConfig, state: RoundState, shards: Mapping[int, MultimodalDataset], updates: Sequence[ClientUpdate]
+) -> list[ClientUpdate]:
+    """Attach each client's prototypes (or other side information) to its update; no-op for baselines."""
+    method, spec = method_of(cfg), spec_of(state)
+    if not method.uses_prototypes:
+        return list(updates)
+    out = []
+    for u in updates:
+        ctx = Context(cfg, spec, state.round + 1, u.client_id, cfg.train.device)
+        extra = method.client_prototypes(state, u, shards[u.client_id], ctx) or {}
+        out.append(ClientUpdate(u.client_id, u.num_samples, {**u.tensors, **extra}, u.metrics, u.meta))
+    return out
+
+
+def aggregate(cfg: ExperimentConfig, state: RoundState, updates: Sequence[ClientUpdate]) -> RoundState:
+    """Server aggregation; returns the state after this round (``round`` incremented)."""
+    if not updates:
+        raise ValueError(f"round {state.round + 1}: no client updates to aggregate")
+    method = method_of(cfg)
+    ctx = Context(cfg, spec_of(state), state.round + 1, -1, "cpu")
+    new = method.aggregate(state, list(updates), ctx)
+    new.meta.setdefault("history", [])
+    new.meta["history"] = new.meta["history"] + [
+        {
+            "round": new.round,
+            "clients": [u.client_id for u in updates],
+            "train_loss": float(np.average([u.metrics.get("train_loss", float("nan")) for u in updates],
+                                           weights=[u.num_samples for u in updates])),
+        }
+    ]
+    return new
+
+
+def schedule(cfg: ExperimentConfig, state: RoundState, eval_metrics: dict[str, Any] | None = None) -> RoundState:
+    """Server-side scheduling for the next round (FlexMod's DDPG); identity for other methods."""
+    method = method_of(cfg)
+    if not method.uses_schedule:
+        return state
+    return method.schedule(state, Context(cfg, spec_of(state), state.round, -1, "cpu"), eval_metrics)
+
+
+def should_evaluate(cfg: ExperimentConfig, round_index: int) -> bool:
+    return round_index % cfg.eval.every == 0 or round_index == cfg.train.rounds
+
+
+def evaluate(
+    cfg: ExperimentConfig, state: RoundState, test: MultimodalDataset, batch_size: int = 512
+) -> dict[str, dict[str, float]]:
+    """Accuracy and macro-F1 of the global model for every test pattern: {pattern: {acc, f1}}."""
+    method, spec = method_of(cfg), spec_of(state)
+    ctx = Context(cfg, spec, state.round, -1, cfg.train.device)
+    model = method.load_model(state.model_weights(), ctx)
+    results = {}
+    for pattern in eval_patterns(spec.names, cfg.eval.patterns):
+        data = test.with_present(pattern_presence(pattern, spec.names, len(test)))
+        preds = []
+        for start in range(0, len(data), batch_size):
+            sl = slice(start, start + batch_size)
+            inputs = {k: v[sl].to(ctx.device) for k, v in data.inputs.items()}
+            logits = method.predict(model, state, inputs, data.present[sl].to(ctx.device), ctx)
+            preds.append(logits.argmax(dim=-1).cpu())
+        pred = torch.cat(preds)
+        c = spec.num_classes
+        results[pattern] = {
+            "acc": float(multiclass_accuracy(pred, data.labels, num_classes=c, average="micro")),
+            "f1": float(multiclass_f1_score(pred, data.labels, num_classes=c, average="macro")),
+        }
+    return results

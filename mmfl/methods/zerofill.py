@@ -1,0 +1,11 @@
+"""Zero-fill baseline: FedAvg where missing inputs are zeros and the model is not told they are missing."""
+
+from mmfl.methods.base import Method
+
+
+class ZeroFill(Method):
+    name = "zerofill"
+    missing_strategy = "zero"
+
+
+METHOD = ZeroFill()

@@ -1,0 +1,39 @@
+"""Read finished runs back from MLflow for ``mmfl report``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mmfl.io.tracking import default_tracking_uri
+
+
+def latest_runs(uri: str | None, experiment: str, limit: int = 20) -> tuple[list[dict[str, Any]], list[str]]:
+    """Newest finished run per (method, training setting, seed), with its final test matrix."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri or default_tracking_uri())
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return [], []
+    runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=500)
+    rows, seen, patterns = [], set(), []
+    for run in runs:
+        tags, params = run.data.tags, run.data.params
+        key = (tags.get("mmfl.method"), tags.get("mmfl.train_missing"), params.get("seed"), params.get("data.name"))
+        if key in seen:
+            continue
+        seen.add(key)
+        results: dict[str, dict[str, float]] = {}
+        for name, value in run.data.metrics.items():
+            kind, _, pattern = name.partition("/")
+            if kind in ("acc", "f1") and pattern:
+                results.setdefault(pattern, {})[kind] = value
+                if pattern not in patterns:
+                    patterns.append(pattern)
+        rows.append({"method": key[0], "train": key[1], "seed": key[2], "round": params.get("train.rounds"),
+                     "results": {p: r for p, r in results.items() if "acc" in r and "f1" in r}})
+        if len(rows) >= limit:
+            break
+    patterns.sort(key=lambda p: (p != "full", p))
+    return rows, patterns
