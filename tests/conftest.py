@@ -1,0 +1,45 @@
+"""Shared fixtures: small configs and real local servers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mmfl.config import parse_config
+from tests.helpers.servers import mlflow_server
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A real ``mlflow server`` on 127.0.0.1 for the whole test session."""
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
+        yield uri
+
+
+def tiny_config_dict(tmp_path: Path, **sections) -> dict:
+    """A synthetic experiment that trains in about a second."""
+    cfg = {
+        "name": "tiny",
+        "seed": 0,
+        "data": {"name": "synthetic", "synthetic": {"num_samples": 240, "num_classes": 4, "dims": {"a": 8, "b": 6}}},
+        "partition": {"scheme": "dirichlet", "num_clients": 4, "alpha": 1.0, "min_client_size": 8},
+        "missing": {"pattern": "mixed", "rate": 0.5},
+        "model": {"embed_dim": 16, "hidden": 32},
+        "method": {"name": "fedavg"},
+        "train": {"rounds": 3, "local_epochs": 1, "batch_size": 16, "lr": 0.05},
+        "eval": {"every": 1},
+        "storage": {"kind": "local", "root": str(tmp_path / "store")},
+        "tracking": {"enabled": False},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path):
+    return parse_config(tiny_config_dict(tmp_path))

@@ -1,0 +1,24 @@
+"""Tracking against a real `mlflow server` on 127.0.0.1."""
+
+from mlflow.tracking import MlflowClient
+
+from mmfl.config import parse_config
+from mmfl.engine.local import run_experiment
+from tests.conftest import tiny_config_dict
+
+
+def test_run_logs_params_metrics_table_and_plot_to_mlflow_server(tmp_path, mlflow_uri):
+    cfg = parse_config(tiny_config_dict(tmp_path, tracking={"enabled": True, "uri": mlflow_uri, "experiment": "t-server"}))
+    result = run_experiment(cfg, progress=False)
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["partition.num_clients"] == "4"
+    assert run.data.tags["mmfl.method"] == "fedavg"
+    history = client.get_metric_history(result.run_id, "acc/full")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert history[-1].value == result.final["full"]["acc"]
+    for pattern in ("full", "only:a", "only:b"):
+        assert f"f1/{pattern}" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"test_matrix.json", "accuracy_vs_round.png", "result.json"} <= artifacts
