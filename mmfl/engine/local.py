@@ -103,6 +103,8 @@ def run_experiment(
                 if evaluation:
                     info += f"  acc(full) {evaluation['full']['acc']:.3f}" if "full" in evaluation else ""
                 bar.update(task, completed=r, info=info)
+                if progress and evaluation and not bar.console.is_terminal:
+                    bar.console.print(f"  round {r}/{cfg.train.rounds}: {info}")  # progress in plain logs too
         status = "FINISHED" if last == cfg.train.rounds else "RUNNING"
     finally:
         if status != "RUNNING":
