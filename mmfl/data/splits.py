@@ -27,6 +27,10 @@ def load_dataset(cfg: DataConfig) -> tuple[MultimodalDataset, MultimodalDataset]
     train_inputs, test_inputs = {}, {}
     for m in raw.specs:
         x = raw.arrays[m.name]
+        if np.issubdtype(x.dtype, np.integer):  # token ids: categorical, never standardised
+            train_inputs[m.name] = torch.from_numpy(np.ascontiguousarray(x[train_idx]))
+            test_inputs[m.name] = torch.from_numpy(np.ascontiguousarray(x[test_idx]))
+            continue
         mean = x[train_idx].mean(axis=0, keepdims=True)
         std = x[train_idx].std(axis=0, keepdims=True) + 1e-6
         z = ((x - mean) / std).astype(np.float32)
