@@ -54,6 +54,6 @@ def load_food101(cfg: DataConfig) -> RawData:
         texts.append(text)
         labels.append(classes.index(label))
     s = opts.image_size
-    specs = [ModalitySpec("image", (3, s, s), "image"), ModalitySpec("text", (opts.max_text_len,), "vector")]
+    specs = [ModalitySpec("image", (3, s, s), "image"), ModalitySpec("text", (opts.max_text_len,), "tokens")]
     arrays = {"image": np.stack(images), "text": tokenize(texts, opts)}
     return RawData(specs, arrays, np.asarray(labels, dtype=np.int64), len(classes))

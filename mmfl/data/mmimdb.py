@@ -73,6 +73,6 @@ def load_mmimdb(cfg: DataConfig) -> RawData:
         texts.append(plot)
         labels.append(classes.index(label))
     s = opts.image_size
-    specs = [ModalitySpec("image", (3, s, s), "image"), ModalitySpec("text", (opts.max_text_len,), "vector")]
+    specs = [ModalitySpec("image", (3, s, s), "image"), ModalitySpec("text", (opts.max_text_len,), "tokens")]
     return RawData(specs, {"image": np.stack(images), "text": tokenize(texts, opts)},
                    np.asarray(labels, dtype=np.int64), len(classes))
