@@ -71,6 +71,11 @@ def load_mfeat_text(cfg: DataConfig) -> RawData:
     if view not in MFEAT_VIEWS or view == "pix":
         raise DataError(f"data.image_text.text_view = {view!r}: choose one of {[v for v in MFEAT_VIEWS if v != 'pix']}")
     raw = load_mfeat(replace_modalities(cfg, ["pix", view]))
+    keep = np.arange(len(raw.labels))
+    if cfg.image_text.max_per_class is not None:  # first N of each class, in file order
+        keep = np.concatenate([np.flatnonzero(raw.labels == c)[: cfg.image_text.max_per_class] for c in range(raw.num_classes)])
+        keep.sort()
+        raw = RawData(raw.specs, {k: v[keep] for k, v in raw.arrays.items()}, raw.labels[keep], raw.num_classes)
     emb = embed_sentences(render_sentences(raw.arrays[view]))
     specs = [ModalitySpec("image", MFEAT_VIEWS["pix"][0], "image"), ModalitySpec("text", (emb.shape[1],), "vector")]
     return RawData(specs, {"image": raw.arrays["pix"], "text": emb}, raw.labels, raw.num_classes)

@@ -44,6 +44,7 @@ class BackboneConfig(BaseModel):
     max_text_len: int = Field(40, ge=2)
     vocab_size: int = Field(30522, ge=2, description="BERT uncased vocabulary, as in ViLT and MiniLM")
     projection_dim: int = Field(32, ge=2, description="CLIP joint-space size of the random config")
+    init_range: float = Field(0.02, gt=0, description="Std of the random init (HF default 0.02; larger mixes more)")
     seed: int = Field(1234, description="Seed of the random initialisation (independent of the experiment seed)")
 
     def identity(self, kind: str) -> str:
@@ -103,6 +104,7 @@ def _vilt(cfg_json: str, resolved: str | None) -> nn.Module:
         hidden_size=cfg.hidden, num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
         intermediate_size=cfg.intermediate, image_size=cfg.image_size, patch_size=cfg.patch_size,
         max_position_embeddings=cfg.max_text_len, vocab_size=cfg.vocab_size, max_image_length=-1,
+        initializer_range=cfg.init_range,
     )
     return _freeze(_seeded(cfg, lambda: ViltModel(config)))
 
@@ -115,7 +117,7 @@ def _clip(cfg_json: str, resolved: str | None) -> nn.Module:
     if cfg.source == "pretrained":
         return _freeze(CLIPModel.from_pretrained(resolved))
     common = dict(hidden_size=cfg.hidden, num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
-                  intermediate_size=cfg.intermediate)
+                  intermediate_size=cfg.intermediate, initializer_range=cfg.init_range)
     config = CLIPConfig(
         text_config=dict(common, vocab_size=cfg.vocab_size, max_position_embeddings=cfg.max_text_len,
                          pad_token_id=0, bos_token_id=101, eos_token_id=102),  # BERT [CLS]/[SEP] ids

@@ -9,7 +9,9 @@ The forward pass has two halves:
   input (as in L2P-style retrieval, the query comes from the frozen model);
 - ``forward_cached``: pick the top-k prompts of each pool by cosine similarity between the
   learned query q(x) and the learned keys k(p), prepend them to the cached embeddings, run the
-  frozen transformer layers, and classify [pooled CLS, mean of prompt outputs].
+  frozen transformer layers, and classify [mean of the input tokens' outputs, mean of the
+  prompt tokens' outputs] (mean pooling keeps the inputs' information even when the backbone is
+  a random-init stand-in; ViLT's CLS pooler would need pretrained weights to be informative).
 """
 
 from __future__ import annotations
@@ -102,6 +104,8 @@ class PromptedVilt(nn.Module):
         p = inter.shape[1] + intra.shape[1]
         x = torch.cat([inter, intra, embeds], dim=1)
         m = torch.cat([mask.new_ones(b, p), mask], dim=1)
-        h, pooled = self._encode(x, m, skip=p)
-        logits = self.head(torch.cat([pooled, h[:, :p].mean(dim=1)], dim=-1))
+        h, _ = self._encode(x, m, skip=p)
+        w = mask.unsqueeze(-1).to(h.dtype)
+        data = (h[:, p:] * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
+        logits = self.head(torch.cat([data, h[:, :p].mean(dim=1)], dim=-1))
         return logits, reg, used
