@@ -71,7 +71,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.getLogger("mmfl").setLevel(logging.WARNING)
-    console = Console()
+    console = Console(width=200)
     rows: dict[float, dict[str, dict]] = {}
     t0 = time.time()
     with tempfile.TemporaryDirectory() as root, Progress(console=console) as bar:
