@@ -28,6 +28,7 @@ from mmfl.aggregation.cka import cka_weights
 from mmfl.config import ExperimentConfig
 from mmfl.data.types import DataSpec, MultimodalDataset
 from mmfl.engine.state import ClientUpdate, RoundState
+from mmfl.errors import ConfigError
 from mmfl.methods.base import Context, Method, derive_seed, get_params
 from mmfl.methods.frozen_common import log_communication, make_optimizer, tensor_bytes, train_on_features
 from mmfl.models.backbones import BackboneConfig
@@ -66,8 +67,6 @@ class FedMVP(Method):
         p = get_params(cfg)
         check_completion(p.completion, p.caption_model)
         if p.joint_dim % p.joint_heads:
-            from mmfl.errors import ConfigError
-
             raise ConfigError(f"method.params.joint_dim = {p.joint_dim}: must be divisible by joint_heads = {p.joint_heads}")
         dims = self.encoders(spec, cfg).feature_dims()
         return JointModel(spec.names, dims, spec.num_classes, p.joint_dim, p.joint_layers, p.joint_heads)

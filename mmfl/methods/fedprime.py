@@ -29,6 +29,7 @@ from mmfl.aggregation.alignment import align_and_aggregate
 from mmfl.config import ExperimentConfig
 from mmfl.data.types import DataSpec, MultimodalDataset
 from mmfl.engine.state import ClientUpdate, RoundState
+from mmfl.errors import ConfigError
 from mmfl.methods.base import Context, Method, derive_seed, get_params
 from mmfl.methods.frozen_common import image_text_roles, log_communication, make_optimizer, tensor_bytes, train_on_features
 from mmfl.models.backbones import BackboneConfig
@@ -62,8 +63,6 @@ class FedPrime(Method):
     def build_model(self, spec: DataSpec, cfg: ExperimentConfig) -> nn.Module:
         p = get_params(cfg)
         if p.top_k > p.pool_size:
-            from mmfl.errors import ConfigError
-
             raise ConfigError(f"method.params.top_k = {p.top_k}: must not exceed pool_size = {p.pool_size}")
         image, text = image_text_roles(spec, cfg.method.name)
         text_shape = next(m.shape for m in spec.modalities if m.name == text)
@@ -73,8 +72,6 @@ class FedPrime(Method):
     def num_clusters(self, p: FedPrimeParams) -> int:
         q = p.num_clusters or p.pool_size
         if q < p.pool_size:
-            from mmfl.errors import ConfigError
-
             raise ConfigError(f"method.params.num_clusters = {q}: must be >= pool_size = {p.pool_size}")
         return q
 
