@@ -31,7 +31,7 @@ from mmfl.engine.state import ClientUpdate, RoundState
 from mmfl.errors import ConfigError
 from mmfl.methods.base import Context, Method, derive_seed, get_params
 from mmfl.methods.frozen_common import log_communication, make_optimizer, tensor_bytes, train_on_features
-from mmfl.models.backbones import BackboneConfig
+from mmfl.models.backbones import BackboneConfig, store_for
 from mmfl.models.completion import CaptionCompletion, check_completion
 from mmfl.models.feature_cache import cached_features, shared_cache
 from mmfl.models.frozen_encoders import FrozenEncoders
@@ -61,7 +61,8 @@ class FedMVP(Method):
     Params = FedMVPParams
 
     def encoders(self, spec: DataSpec, cfg: ExperimentConfig) -> FrozenEncoders:
-        return FrozenEncoders(spec, get_params(cfg).backbone)
+        backbone = get_params(cfg).backbone
+        return FrozenEncoders(spec, backbone, store_for(backbone, cfg.storage))
 
     def build_model(self, spec: DataSpec, cfg: ExperimentConfig) -> nn.Module:
         p = get_params(cfg)

@@ -32,7 +32,7 @@ from mmfl.engine.state import ClientUpdate, RoundState
 from mmfl.errors import ConfigError
 from mmfl.methods.base import Context, Method, derive_seed, get_params
 from mmfl.methods.frozen_common import image_text_roles, log_communication, make_optimizer, tensor_bytes, train_on_features
-from mmfl.models.backbones import BackboneConfig
+from mmfl.models.backbones import BackboneConfig, store_for
 from mmfl.models.feature_cache import cached_features, shared_cache
 from mmfl.models.prompted_vilt import PromptedVilt
 
@@ -67,7 +67,7 @@ class FedPrime(Method):
         image, text = image_text_roles(spec, cfg.method.name)
         text_shape = next(m.shape for m in spec.modalities if m.name == text)
         return PromptedVilt(spec.num_classes, image, text, text_shape, p.backbone, p.pool_size, p.top_k,
-                            p.prompt_length, pools=self.pools)
+                            p.prompt_length, pools=self.pools, store=store_for(p.backbone, cfg.storage))
 
     def num_clusters(self, p: FedPrimeParams) -> int:
         q = p.num_clusters or p.pool_size
