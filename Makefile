@@ -35,3 +35,8 @@ test: install
 
 clean:
 	rm -rf runs mlruns.db mlartifacts
+
+## bench-fedprime: FED-PRIME vs FedAvg-prompts as the training missing rate grows (mfeat + MiniLM text)
+.PHONY: bench-fedprime
+bench-fedprime: install
+	HF_HUB_OFFLINE=1 PYTHONPATH=. $(PY) bench/fedprime_missing.py

@@ -41,8 +41,19 @@ class SyntheticConfig(_Strict):
         return v
 
 
+class ImageTextConfig(_Strict):
+    """Options of the image+text datasets (food101, mmimdb, mfeat_text)."""
+
+    image_size: int = Field(32, ge=8, le=1024, description="Images are resized to image_size x image_size at load")
+    max_text_len: int = Field(40, ge=4, le=512, description="Token ids per text (padded/truncated)")
+    tokenizer: str | None = Field(None, description="Tokenizer dir; None = the MiniLM (BERT uncased) tokenizer package")
+    top_classes: int | None = Field(None, ge=2, description="Keep only the N most frequent classes (FED-PRIME: 8)")
+    max_per_class: int | None = Field(None, ge=1, description="Keep at most this many samples per class (in file order)")
+    text_view: str = Field("mor", description="mfeat_text: the mfeat view rendered into the synthetic sentences")
+
+
 class DataConfig(_Strict):
-    name: Literal["mfeat", "basicmotions", "synthetic"] = "mfeat"
+    name: Literal["mfeat", "basicmotions", "synthetic", "food101", "mmimdb", "mfeat_text"] = "mfeat"
     modalities: list[str] | None = Field(
         None, description="Which views/modalities to use, in order; None = the dataset's default pair"
     )
@@ -50,6 +61,7 @@ class DataConfig(_Strict):
     test_fraction: float = Field(0.2, gt=0, lt=1)
     split_seed: int = Field(0, description="Seed of the fixed stratified train/test split")
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    image_text: ImageTextConfig = Field(default_factory=ImageTextConfig)
 
 
 class PartitionConfig(_Strict):

@@ -122,7 +122,26 @@ def load_synthetic(cfg: DataConfig) -> RawData:
     return RawData(specs, arrays, labels, s.num_classes)
 
 
-LOADERS = {"mfeat": load_mfeat, "basicmotions": load_basicmotions, "synthetic": load_synthetic}
+def _load_food101(cfg: DataConfig) -> RawData:
+    from mmfl.data.food101 import load_food101
+
+    return load_food101(cfg)
+
+
+def _load_mmimdb(cfg: DataConfig) -> RawData:
+    from mmfl.data.mmimdb import load_mmimdb
+
+    return load_mmimdb(cfg)
+
+
+def _load_mfeat_text(cfg: DataConfig) -> RawData:
+    from mmfl.data.minilm_text import load_mfeat_text
+
+    return load_mfeat_text(cfg)
+
+
+LOADERS = {"mfeat": load_mfeat, "basicmotions": load_basicmotions, "synthetic": load_synthetic,
+           "food101": _load_food101, "mmimdb": _load_mmimdb, "mfeat_text": _load_mfeat_text}
 
 
 def load_raw(cfg: DataConfig) -> RawData:

@@ -29,6 +29,10 @@ def load_dataset(cfg: DataConfig) -> tuple[MultimodalDataset, MultimodalDataset]
     train_inputs, test_inputs = {}, {}
     for m in raw.specs:
         x = raw.arrays[m.name]
+        if np.issubdtype(x.dtype, np.integer):  # token ids: categorical, never standardised
+            train_inputs[m.name] = torch.from_numpy(np.ascontiguousarray(x[train_idx]))
+            test_inputs[m.name] = torch.from_numpy(np.ascontiguousarray(x[test_idx]))
+            continue
         axes = (0,) if m.kind == "vector" else tuple(a for a in range(x.ndim) if a != 1)
         mean = x[train_idx].mean(axis=axes, keepdims=True)
         std = x[train_idx].std(axis=axes, keepdims=True)

@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-ModalityKind = Literal["vector", "image", "series"]
+ModalityKind = Literal["vector", "image", "series", "tokens"]  # tokens: int64 token ids, pad = 0
 
 
 @dataclass(frozen=True)

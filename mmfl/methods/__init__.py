@@ -13,6 +13,9 @@ _REGISTRY: dict[str, str] = {
     "fedavg": "mmfl.methods.fedavg",
     "fedprox": "mmfl.methods.fedprox",
     "zerofill": "mmfl.methods.zerofill",
+    "fedprime": "mmfl.methods.fedprime",
+    "fedavg_prompts": "mmfl.methods.fedavg_prompts",
+    "fedmvp": "mmfl.methods.fedmvp",
 }
 
 

@@ -1,0 +1,95 @@
+"""FedMVP's trainable part: input projections, feature-space completion, joint encoder, head.
+
+Frozen per-modality features f_m (from ``FrozenEncoders``, cached) are projected to tokens
+z_m = P_m(LayerNorm(f_m)). A missing modality m is completed in feature space by a learned
+translator from the mean of the sample's present tokens, z^_m = G_m(mean_{j present} z_j) (the
+offline completion; a generator that produces the missing raw modality can replace it, see
+``mmfl.models.completion``). A small transformer over [CLS, z_1..z_M] (+ modality embeddings)
+gives the joint representation h; a linear head classifies it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class JointModel(nn.Module):
+    def __init__(self, names: tuple[str, ...], feature_dims: dict[str, int], num_classes: int,
+                 dim: int = 64, layers: int = 1, heads: int = 2):
+        super().__init__()
+        self.names = tuple(names)
+        self.proj = nn.ModuleDict({n: nn.Sequential(nn.LayerNorm(feature_dims[n]), nn.Linear(feature_dims[n], dim))
+                                   for n in self.names})
+        self.complete = nn.ModuleDict({n: nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+                                       for n in self.names})
+        self.modality_embed = nn.Parameter(torch.zeros(len(self.names), dim))
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(dim, num_classes)
+
+    def tokens(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, M, dim) projected tokens of the frozen features (absent rows are meaningless)."""
+        return torch.stack([self.proj[n](feats[f"f/{n}"]) for n in self.names], dim=1)
+
+    def completed(self, z: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """Tokens of absent modalities replaced by their translation from the present ones."""
+        w = present.float().unsqueeze(-1)
+        context = (z * w).sum(1) / w.sum(1).clamp_min(1.0)  # (B, dim)
+        guess = torch.stack([self.complete[n](context) for n in self.names], dim=1)
+        return torch.where(present.unsqueeze(-1), z, guess)
+
+    def completion_loss(self, z: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """Train each translator on samples where its modality and another one are present."""
+        losses = []
+        w = present.float().unsqueeze(-1)
+        for j, n in enumerate(self.names):
+            others = w.clone()
+            others[:, j] = 0
+            ok = present[:, j] & (others.squeeze(-1).sum(1) > 0)
+            if ok.any():
+                context = (z[ok] * others[ok]).sum(1) / others[ok].sum(1)
+                target = z[ok, j].detach()
+                losses.append(1 - F.cosine_similarity(self.complete[n](context), target, dim=-1).mean())
+        return torch.stack(losses).mean() if losses else z.new_zeros(())
+
+    def joint(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.cls.expand(tokens.shape[0], -1, -1), tokens + self.modality_embed], dim=1)
+        return self.encoder(x)[:, 0]
+
+    def forward(self, feats: dict[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
+        return self.head(self.joint(self.completed(self.tokens(feats), present)))
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE: row i of a should match row i of b against the other rows of the batch."""
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    logits = a @ b.T / temperature
+    target = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def mcm_loss(z: torch.Tensor, present: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Multimodal contrastive matching: tokens of two modalities of the same sample attract,
+    other samples' tokens repel (CLIP-style), over samples that have both modalities."""
+    losses = []
+    m = z.shape[1]
+    for i in range(m):
+        for j in range(i + 1, m):
+            both = present[:, i] & present[:, j]
+            if int(both.sum()) >= 2:
+                losses.append(info_nce(z[both, i], z[both, j], temperature))
+    return torch.stack(losses).mean() if losses else z.new_zeros(())
+
+
+def ram_loss(h: torch.Tensor, z: torch.Tensor, present: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Representation alignment: the joint representation of a sample matches each of its real
+    (present) unimodal tokens against other samples', so fusion keeps every modality's content."""
+    losses = []
+    for j in range(z.shape[1]):
+        ok = present[:, j]
+        if int(ok.sum()) >= 2:
+            losses.append(info_nce(h[ok], z[ok, j], temperature))
+    return torch.stack(losses).mean() if losses else h.new_zeros(())

@@ -1,0 +1,175 @@
+"""FED-PRIME, FedAvg-prompts and FedMVP end to end on tiny frozen transformers, offline."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mmfl.config import parse_config
+from mmfl.engine import steps
+from mmfl.engine.local import run_experiment
+from mmfl.engine.state import state_from_bytes, state_to_bytes, update_from_bytes, update_to_bytes
+from mmfl.io.store import LocalStore
+from mmfl.methods.base import get_params
+from mmfl.models.backbones import load_vilt
+from mmfl.models.feature_cache import _CACHES
+from tests.conftest import tiny_config_dict
+from tests.helpers.threads import one_torch_thread  # noqa: F401 (autouse fixture)
+from tests.helpers.image_text_fixtures import write_food101
+
+BACKBONE = {"image_size": 16, "patch_size": 8, "max_text_len": 12, "hidden": 32, "layers": 2}
+
+
+@pytest.fixture(scope="module")
+def food_dir(tmp_path_factory):
+    return write_food101(tmp_path_factory.mktemp("food"), {f"c{i}": 12 for i in range(4)})
+
+
+def food_cfg(tmp_path, food_dir, method: str, params: dict | None = None, **sections):
+    sections = {
+        "data": {"name": "food101", "path": str(food_dir), "image_text": {"image_size": 16, "max_text_len": 12}},
+        "partition": {"scheme": "iid", "num_clients": 3, "min_client_size": 4},
+        "method": {"name": method, "params": {"backbone": BACKBONE, **(params or {})}},
+        "train": {"rounds": 2, "local_epochs": 1, "batch_size": 8, "lr": 0.01},
+        **sections,
+    }
+    d = tiny_config_dict(tmp_path, **sections)
+    return parse_config(d)
+
+
+def _history_ok(result, rounds: int):
+    assert result.rounds_done == rounds and result.final is not None
+    assert set(result.final) == {"full", "only:image", "only:text"}
+    for vals in result.final.values():
+        assert 0.0 <= vals["acc"] <= 1.0
+
+
+def _prime_trainable_bytes(tau: int, kappa: int, length: int, h: int, classes: int, pools: bool) -> int:
+    n = tau if pools else kappa
+    numel = 2 * n * length * h + 2 * h * classes + classes
+    if pools:
+        numel += 2 * n * h + h * h + h  # keys of both pools and the query map
+    return 4 * numel
+
+
+def test_fedprime_trains_and_only_prompts_and_head_travel(tmp_path, food_dir):
+    cfg = food_cfg(tmp_path, food_dir, "fedprime", {"pool_size": 4, "top_k": 2, "prompt_length": 2})
+    result = run_experiment(cfg, progress=False)
+    _history_ok(result, 2)
+    state = LocalStore(cfg.storage.root).get_state(f"{cfg.experiment_id()}/rounds/00002")
+    model_keys = sorted(k for k in state.tensors if k.startswith("model/"))
+    assert model_keys == sorted(f"model/{k}" for k in
+                                ["inter_prompts", "inter_keys", "intra_prompts", "intra_keys", "query.weight",
+                                 "query.bias", "head.weight", "head.bias"])
+    expected = _prime_trainable_bytes(4, 2, 2, 32, 4, pools=True)
+    comm = state.meta["communication"]
+    assert [c["round"] for c in comm] == [1, 2]
+    usage_bytes = 4 * 4  # retrieval counts of the 4 inter prompts
+    assert all(c["bytes_up"] == 3 * (expected + usage_bytes) and c["bytes_down"] == 3 * expected for c in comm)
+    backbone = load_vilt(get_params(cfg).backbone)
+    backbone_bytes = sum(p.numel() * p.element_size() for p in backbone.parameters())
+    assert expected * 50 < backbone_bytes  # the frozen ViLT stays home
+    assert set(state.meta["last_assignment"]) == {"0", "1", "2"}
+    for a in state.meta["last_assignment"].values():
+        assert sorted(a) == [0, 1, 2, 3]  # one-to-one per client
+    assert state.tensors["server/inter_popularity"].shape == (4,)
+
+
+def test_fedprime_more_clusters_than_pool_broadcasts_popular_ones(tmp_path, food_dir):
+    cfg = food_cfg(tmp_path, food_dir, "fedprime", {"pool_size": 3, "top_k": 1, "prompt_length": 2, "num_clusters": 5},
+                   train={"rounds": 1, "local_epochs": 1, "batch_size": 8, "lr": 0.01})
+    data = steps.prepare_data(cfg)
+    state = steps.init_state(cfg, data.spec)
+    updates = steps.client_train(cfg, state, dict(enumerate(data.clients)), [0, 1, 2])
+    new = steps.aggregate(cfg, state, updates)
+    assert new.tensors["server/inter_prompts"].shape[0] == 5
+    slots = new.meta["inter_slots"]
+    assert len(slots) == 3 and slots == sorted(slots)
+    pop = new.tensors["server/inter_popularity"]
+    assert pop[slots].min() >= torch.cat([pop[i : i + 1] for i in range(5) if i not in slots]).max()
+    assert torch.equal(new.tensors["model/inter_prompts"], new.tensors["server/inter_prompts"][slots])
+
+
+def test_fedavg_prompts_baseline_bytes(tmp_path, food_dir):
+    cfg = food_cfg(tmp_path, food_dir, "fedavg_prompts", {"top_k": 2, "prompt_length": 2})
+    result = run_experiment(cfg, progress=False)
+    _history_ok(result, 2)
+    state = LocalStore(cfg.storage.root).get_state(f"{cfg.experiment_id()}/rounds/00002")
+    expected = _prime_trainable_bytes(8, 2, 2, 32, 4, pools=False)
+    assert state.meta["communication"][-1]["bytes_up"] == 3 * expected
+    assert not any(k.startswith("server/") for k in state.tensors)
+
+
+def test_fedprime_through_serialised_steps_matches_local_engine(tmp_path, food_dir):
+    """What a pipeline does: every step's inputs and outputs cross a safetensors+JSON boundary."""
+    cfg = food_cfg(tmp_path, food_dir, "fedprime", {"pool_size": 4, "top_k": 2, "prompt_length": 2})
+    local = run_experiment(cfg, progress=False)
+    data = steps.prepare_data(cfg)
+    shards = dict(enumerate(data.clients))
+    state = state_from_bytes(*state_to_bytes(steps.init_state(cfg, data.spec)))
+    for r in (1, 2):
+        clients = steps.sample_clients(cfg, r)
+        updates = [update_from_bytes(*update_to_bytes(u)) for u in steps.client_train(cfg, state, shards, clients)]
+        updates = steps.upload_prototypes(cfg, state, shards, updates)
+        state = state_from_bytes(*state_to_bytes(steps.aggregate(cfg, state, updates)))
+        state = steps.schedule(cfg, state)
+    final = steps.evaluate(cfg, state, data.test)
+    assert final == local.final
+    saved = LocalStore(cfg.storage.root).get_state(f"{cfg.experiment_id()}/rounds/00002")
+    for k, v in saved.tensors.items():
+        assert torch.equal(v, state.tensors[k]), k
+
+
+def test_fedprime_resume_is_identical(tmp_path, food_dir):
+    cfg = food_cfg(tmp_path / "a", food_dir, "fedprime", {"pool_size": 4, "top_k": 2, "prompt_length": 2})
+    full = run_experiment(cfg, progress=False)
+    cfg_b = food_cfg(tmp_path / "b", food_dir, "fedprime", {"pool_size": 4, "top_k": 2, "prompt_length": 2})
+    run_experiment(cfg_b, progress=False, stop_after=1)
+    _CACHES.clear()  # a fresh process: the feature cache is read back from the store
+    resumed = run_experiment(cfg_b, progress=False)
+    assert resumed.resumed_from == 1 and resumed.final == full.final
+
+
+def test_fedmvp_clip_trains_with_cka_weights(tmp_path, food_dir):
+    cfg = food_cfg(tmp_path, food_dir, "fedmvp", {"joint_dim": 16, "synthetic_samples": 32},
+                   missing={"pattern": "mixed", "rate": 0.5})
+    result = run_experiment(cfg, progress=False)
+    _history_ok(result, 2)
+    state = LocalStore(cfg.storage.root).get_state(f"{cfg.experiment_id()}/rounds/00002")
+    assert all(k.startswith(("model/proj", "model/complete", "model/encoder", "model/head", "model/cls",
+                             "model/modality_embed")) for k in state.tensors)
+    joint_bytes = sum(v.numel() * v.element_size() for k, v in state.tensors.items() if k.startswith("model/"))
+    assert state.meta["communication"][-1]["bytes_up"] == 3 * joint_bytes
+    for entry in state.meta["cka_weights"]:
+        assert math.isclose(sum(entry["weights"]), 1.0, rel_tol=1e-6) and min(entry["weights"]) > 0
+
+
+def test_fedmvp_on_precomputed_features_and_losses_reported(tmp_path):
+    """Vector modalities pass through as already-encoded features (no CLIP needed)."""
+    cfg = parse_config(tiny_config_dict(tmp_path, method={"name": "fedmvp", "params": {"joint_dim": 16}},
+                                        train={"rounds": 2, "local_epochs": 2, "batch_size": 16, "lr": 0.01}))
+    data = steps.prepare_data(cfg)
+    state = steps.init_state(cfg, data.spec)
+    updates = steps.client_train(cfg, state, dict(enumerate(data.clients)), [0, 1])
+    for u in updates:
+        for k in ("ce", "mcm", "ram", "completion"):
+            assert math.isfinite(u.metrics[k])
+        assert u.metrics["mcm"] > 0 and u.metrics["ram"] > 0
+    result = run_experiment(cfg, progress=False)
+    assert result.final["full"]["acc"] > 1.0 / 4 + 0.1  # synthetic classes are learnable in 2 rounds
+
+
+def test_bad_method_params_are_reported(tmp_path, food_dir):
+    from mmfl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="top_k"):
+        cfg = food_cfg(tmp_path, food_dir, "fedprime", {"pool_size": 2, "top_k": 3})
+        steps.init_state(cfg, steps.prepare_data(cfg).spec)
+    with pytest.raises(ConfigError, match="text_to_image"):
+        cfg = food_cfg(tmp_path, food_dir, "fedmvp", {"completion": "text_to_image"})
+        steps.init_state(cfg, steps.prepare_data(cfg).spec)
+    with pytest.raises(ConfigError, match="image and one text"):
+        cfg = parse_config(tiny_config_dict(tmp_path, method={"name": "fedprime"}))
+        steps.init_state(cfg, steps.prepare_data(cfg).spec)
