@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,9 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mmfl.errors import ConfigError
 
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxstring, _SHORT_REPR.maxother, _SHORT_REPR.maxlong = 3, 70, 70, 40
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SyntheticConfig(_Strict):
@@ -173,6 +177,40 @@ class TrackingConfig(_Strict):
     experiment: str = "mmfl"
 
 
+class FaultSpec(_Strict):
+    """A fault injected into one client's work in one round: for fault-tolerance tests and drills.
+
+    Modes: ``raise`` (the client raises), ``exit`` (the whole process dies at once, as on an OOM
+    kill), ``sleep`` (the client stalls ``seconds`` before training, e.g. to hit a timeout), and
+    poisoned results ``nan`` / ``inf`` / ``scale`` (update weights replaced or multiplied by
+    ``scale``). With ``once_file`` the fault fires only while that file does not exist and creates
+    it when firing, so a retried task (or a re-run) succeeds.
+    """
+
+    round: int = Field(ge=1)
+    client: int = Field(ge=0)
+    mode: Literal["raise", "exit", "sleep", "nan", "inf", "scale"]
+    seconds: float = Field(3600.0, gt=0, le=86_400)
+    scale: float = Field(1e6, description="Factor applied to the update weights in mode 'scale'")
+    once_file: str | None = Field(None, min_length=1, max_length=4096)
+
+
+class ReliabilityConfig(_Strict):
+    """How a round copes with failing clients and implausible updates (see docs/reliability.md)."""
+
+    quorum: float = Field(0.5, gt=0, le=1, description="Fraction of sampled clients whose updates must be accepted")
+    min_clients: int = Field(1, ge=1, description="...and at least this many accepted updates per round")
+    client_timeout_s: float | None = Field(None, gt=0, description="Wall-clock limit of one client's work; None = none")
+    max_update_norm: float | None = Field(
+        1e5, gt=0, description="Reject an update farther than this (L2) from the global model; None = off"
+    )
+    max_norm_ratio: float | None = Field(
+        100.0, gt=1, description="Reject an update farther than this multiple of the other clients' median distance"
+    )
+    norm_ratio_min_updates: int = Field(3, ge=2, description="Apply max_norm_ratio only with at least this many updates")
+    fault_injection: list[FaultSpec] = Field(default_factory=list)
+
+
 class ExperimentConfig(_Strict):
     name: str = Field("experiment", min_length=1, max_length=80, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = 0
@@ -185,6 +223,7 @@ class ExperimentConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    reliability: ReliabilityConfig = Field(default_factory=ReliabilityConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "ExperimentConfig":
@@ -196,16 +235,31 @@ class ExperimentConfig(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _reliability_checks(self) -> "ExperimentConfig":
+        n = self.partition.num_clients
+        sampled = min(n, max(1, int(round(self.train.clients_per_round * n))))
+        if self.reliability.min_clients > sampled:
+            raise ValueError(
+                f"reliability.min_clients = {self.reliability.min_clients} exceeds the {sampled} clients sampled per round"
+            )
+        for i, fault in enumerate(self.reliability.fault_injection):
+            if fault.client >= n:
+                raise ValueError(
+                    f"reliability.fault_injection.{i}.client = {fault.client}: only {n} clients (0..{n - 1})"
+                )
+        return self
+
     def experiment_id(self) -> str:
         """Stable id of what is computed: name, method and a hash of every setting that changes results."""
-        payload = self.model_dump(exclude={"storage", "tracking", "eval"})
+        payload = self.model_dump(exclude={"storage", "tracking", "eval", "reliability"})
         payload["train"].pop("device", None)
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"{self.name}-{self.method.name}-{digest}"
 
 
 def _format_value(value: Any) -> str:
-    text = repr(value)
+    text = _SHORT_REPR.repr(value)  # bounded: never walks a huge or deeply nested input
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -259,12 +313,14 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except (IsADirectoryError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # folder, permissions, NUL in the path
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -275,7 +331,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             value = raw
         set_dotted(data, key.strip(), value)
     return parse_config(data, source=str(path))

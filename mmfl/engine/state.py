@@ -57,8 +57,10 @@ def tensors_to_bytes(tensors: dict[str, torch.Tensor], meta: dict[str, str] | No
 def tensors_from_bytes(data: bytes, what: str = "tensors") -> dict[str, torch.Tensor]:
     try:
         return st_load(data)
-    except Exception as exc:  # safetensors raises several internal error types
-        raise ArtifactError(f"{what}: not a valid safetensors file ({exc})") from None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # safetensors raises several internal error types, a Rust panic included
+        raise ArtifactError(f"{what}: not a valid safetensors file ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 def json_to_bytes(obj: Any) -> bytes:
@@ -70,6 +72,17 @@ def json_from_bytes(data: bytes, what: str = "metadata") -> Any:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{what}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ArtifactError(f"{what}: JSON nested too deeply") from None
+    except (AttributeError, TypeError):
+        raise ArtifactError(f"{what}: expected bytes, got {type(data).__name__}") from None
+
+
+def _json_int(doc: dict[str, Any], key: str, what: str) -> int:
+    value = doc.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArtifactError(f"{what}: {key!r} must be an integer, got {value!r:.60}")
+    return value
 
 
 def state_to_bytes(state: RoundState) -> tuple[bytes, bytes]:
@@ -78,8 +91,9 @@ def state_to_bytes(state: RoundState) -> tuple[bytes, bytes]:
 
 def state_from_bytes(tensor_bytes: bytes, json_bytes: bytes, what: str = "state") -> RoundState:
     doc = json_from_bytes(json_bytes, what)
-    if not isinstance(doc, dict) or not isinstance(doc.get("round"), int) or not isinstance(doc.get("meta"), dict):
-        raise ArtifactError(f"{what}: metadata must be an object with integer 'round' and object 'meta'")
+    if (not isinstance(doc, dict) or isinstance(doc.get("round"), bool) or not isinstance(doc.get("round"), int)
+            or doc["round"] < 0 or not isinstance(doc.get("meta"), dict)):
+        raise ArtifactError(f"{what}: metadata must be an object with integer 'round' >= 0 and object 'meta'")
     return RoundState(doc["round"], tensors_from_bytes(tensor_bytes, what), doc["meta"])
 
 
@@ -95,13 +109,19 @@ def update_to_bytes(update: ClientUpdate) -> tuple[bytes, bytes]:
 
 def update_from_bytes(tensor_bytes: bytes, json_bytes: bytes, what: str = "update") -> ClientUpdate:
     doc = json_from_bytes(json_bytes, what)
+    if not isinstance(doc, dict):
+        raise ArtifactError(f"{what}: update metadata must be a JSON object, got {type(doc).__name__}")
+    metrics, meta = doc.get("metrics", {}), doc.get("meta", {})
+    if not isinstance(metrics, dict) or not isinstance(meta, dict):
+        raise ArtifactError(f"{what}: 'metrics' and 'meta' must be JSON objects")
     try:
-        return ClientUpdate(
-            client_id=int(doc["client_id"]),
-            num_samples=int(doc["num_samples"]),
-            tensors=tensors_from_bytes(tensor_bytes, what),
-            metrics={str(k): float(v) for k, v in doc.get("metrics", {}).items()},
-            meta=dict(doc.get("meta", {})),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ArtifactError(f"{what}: malformed update metadata ({exc})") from None
+        metrics = {str(k): float(v) for k, v in metrics.items()}
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ArtifactError(f"{what}: metrics must be numbers ({exc})") from None
+    return ClientUpdate(
+        client_id=_json_int(doc, "client_id", what),
+        num_samples=_json_int(doc, "num_samples", what),
+        tensors=tensors_from_bytes(tensor_bytes, what),
+        metrics=metrics,
+        meta=meta,
+    )
