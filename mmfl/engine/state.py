@@ -6,6 +6,7 @@ process (local engine) or in another pod (KFP component) after a safetensors + J
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,8 +86,20 @@ def _json_int(doc: dict[str, Any], key: str, what: str) -> int:
     return value
 
 
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_digest(doc: dict[str, Any], tensor_bytes: bytes, what: str) -> None:
+    """The JSON half names the exact tensor file it belongs to: a torn or mixed pair is refused."""
+    expected = doc.get("sha256")
+    if expected is not None and expected != _digest(tensor_bytes):
+        raise ArtifactError(f"{what}: tensors do not match their metadata (sha256 differs): partial, mixed or damaged write")
+
+
 def state_to_bytes(state: RoundState) -> tuple[bytes, bytes]:
-    return tensors_to_bytes(state.tensors), json_to_bytes({"round": state.round, "meta": state.meta})
+    tensors = tensors_to_bytes(state.tensors)
+    return tensors, json_to_bytes({"round": state.round, "meta": state.meta, "sha256": _digest(tensors)})
 
 
 def state_from_bytes(tensor_bytes: bytes, json_bytes: bytes, what: str = "state") -> RoundState:
@@ -94,6 +107,7 @@ def state_from_bytes(tensor_bytes: bytes, json_bytes: bytes, what: str = "state"
     if (not isinstance(doc, dict) or isinstance(doc.get("round"), bool) or not isinstance(doc.get("round"), int)
             or doc["round"] < 0 or not isinstance(doc.get("meta"), dict)):
         raise ArtifactError(f"{what}: metadata must be an object with integer 'round' >= 0 and object 'meta'")
+    _check_digest(doc, tensor_bytes, what)
     return RoundState(doc["round"], tensors_from_bytes(tensor_bytes, what), doc["meta"])
 
 
@@ -104,7 +118,8 @@ def update_to_bytes(update: ClientUpdate) -> tuple[bytes, bytes]:
         "metrics": update.metrics,
         "meta": update.meta,
     }
-    return tensors_to_bytes(update.tensors), json_to_bytes(doc)
+    tensors = tensors_to_bytes(update.tensors)
+    return tensors, json_to_bytes({**doc, "sha256": _digest(tensors)})
 
 
 def update_from_bytes(tensor_bytes: bytes, json_bytes: bytes, what: str = "update") -> ClientUpdate:
@@ -118,6 +133,7 @@ def update_from_bytes(tensor_bytes: bytes, json_bytes: bytes, what: str = "updat
         metrics = {str(k): float(v) for k, v in metrics.items()}
     except (TypeError, ValueError, OverflowError) as exc:
         raise ArtifactError(f"{what}: metrics must be numbers ({exc})") from None
+    _check_digest(doc, tensor_bytes, what)
     return ClientUpdate(
         client_id=_json_int(doc, "client_id", what),
         num_samples=_json_int(doc, "num_samples", what),
