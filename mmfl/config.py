@@ -290,7 +290,10 @@ def parse_config(data: Any, source: str = "config") -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "\n  ".join(_format_errors(exc))
+        lines = _format_errors(exc)
+        if len(lines) == 1:  # one problem, one line
+            raise ConfigError(f"{source}: invalid configuration: {lines[0]}") from None
+        problems = "\n  ".join(lines)
         raise ConfigError(f"{source}: invalid configuration:\n  {problems}") from None
 
 
@@ -306,6 +309,14 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """`` at line L, column C: what`` on one line (PyYAML's own message spans several)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    what = getattr(exc, "problem", None) or str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{where}: {' '.join(str(what).split())}"
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read a YAML file, apply ``key=value`` overrides (values parsed as YAML) and validate."""
     path = Path(path)
@@ -318,7 +329,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML{_yaml_problem(exc)}") from None
     except RecursionError:
         raise ConfigError(f"{path}: YAML nested too deeply") from None
     if data is None:
