@@ -230,7 +230,7 @@ def test_run_with_faults_completes_and_records_clients(tmp_path):
 
 def test_quorum_failure_stops_the_run_with_one_error_line(tmp_path, capsys):
     faults = [{"round": 2, "client": c, "mode": "raise"} for c in (0, 1, 3)]
-    raw = tiny_config_dict(tmp_path, reliability={"fault_injection": faults})
+    raw = tiny_config_dict(tmp_path, eval={"every": 5}, reliability={"fault_injection": faults})
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps(raw))
     assert cli_main(["run", str(path), "--no-progress"]) == 2
