@@ -17,7 +17,7 @@ from mmfl.config import ExperimentConfig
 from mmfl.data.missing import eval_patterns
 from mmfl.engine import steps
 from mmfl.engine.checkpoint import completed_rounds, load_round, resume_point, round_prefix, save_round
-from mmfl.engine.robust import RoundFailedError, record_round_clients
+from mmfl.engine.robust import RoundFailedError, clients_summary, record_round_clients
 from mmfl.io.store import ArtifactStore, open_store
 from mmfl.io.tracking import NullTracker, open_tracker
 from mmfl.report import matrix_records, metric_key, plot_history, training_setting
@@ -100,14 +100,13 @@ def run_experiment(
                 except RoundFailedError as exc:
                     record_round_clients(tracker, r, exc.summary)
                     raise
-                entry = state.meta["history"][-1]
-                clients_summary = {k: entry[k] for k in ("sampled", "failed", "rejected")} | {"aggregated": entry["clients"]}
+                summary = clients_summary(state)
                 state = steps.schedule(cfg, state)
                 evaluation = steps.evaluate(cfg, state, data.test) if steps.should_evaluate(cfg, r) else None
                 save_round(store, exp_id, state, {"eval": evaluation, "train_loss": state.meta["history"][-1]["train_loss"],
-                                                  "clients": clients_summary})
+                                                  "clients": summary})
                 tracker.log_metrics(round_metrics(r, state.meta["history"][-1], evaluation), step=r)
-                record_round_clients(tracker, r, clients_summary)
+                record_round_clients(tracker, r, summary)
                 info = f"loss {state.meta['history'][-1]['train_loss']:.3f}"
                 if evaluation:
                     info += f"  acc(full) {evaluation['full']['acc']:.3f}" if "full" in evaluation else ""

@@ -274,6 +274,13 @@ def screen_round(
     return accepted, summary
 
 
+def clients_summary(state: RoundState) -> dict[str, Any]:
+    """{sampled, aggregated, failed, rejected} of the round that produced ``state`` (for metrics.json)."""
+    entry = state.meta["history"][-1]
+    return {"sampled": entry.get("sampled", entry["clients"]), "aggregated": entry["clients"],
+            "failed": entry.get("failed", []), "rejected": entry.get("rejected", [])}
+
+
 def round_client_metrics(summary: dict[str, Any]) -> dict[str, float]:
     """Counts for the tracker, logged with step = round."""
     return {
