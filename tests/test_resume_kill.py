@@ -7,11 +7,7 @@ round that is complete and readable.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,8 +18,8 @@ from mmfl.engine.checkpoint import resume_point, round_prefix
 from mmfl.engine.local import run_experiment
 from mmfl.io.store import LocalStore
 from tests.conftest import tiny_config_dict
+from tests.helpers.runs import assert_same_rounds, start_run, wait_until
 
-ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = 4
 
 
@@ -40,38 +36,6 @@ def reference(tmp_path_factory):
     return cfg, LocalStore(tmp / "store")
 
 
-def assert_same_rounds(store: LocalStore, reference_store: LocalStore, exp_id: str) -> None:
-    for r in range(ROUNDS + 1):
-        prefix = round_prefix(exp_id, r)
-        got, want = store.get_state(prefix), reference_store.get_state(prefix)
-        assert got.round == want.round == r
-        assert got.tensors.keys() == want.tensors.keys()
-        for key in want.tensors:
-            assert torch.equal(got.tensors[key], want.tensors[key]), f"round {r}: {key} differs"
-        assert got.meta == want.meta
-        assert store.get_json(f"{prefix}/metrics.json") == reference_store.get_json(f"{prefix}/metrics.json")
-
-
-def start_run(tmp_path: Path, raw: dict) -> subprocess.Popen:
-    path = tmp_path / "experiment.yaml"
-    path.write_text(json.dumps(raw))  # JSON is YAML
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "mmfl", "run", str(path), "--no-progress"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"run exited with {proc.returncode} before {path.name} appeared:\n{err[-3000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"{path} did not appear within {timeout}s")
-        time.sleep(0.01)
-
-
 def test_sigkill_between_rounds_then_resume_gives_identical_results(tmp_path, reference):
     ref_cfg, ref_store = reference
     # client 0 stalls in round 3, so the kill lands after round 2's checkpoint and before round 3's
@@ -79,7 +43,8 @@ def test_sigkill_between_rounds_then_resume_gives_identical_results(tmp_path, re
     exp_id = parse_config(raw).experiment_id()
     assert exp_id == ref_cfg.experiment_id()
     proc = start_run(tmp_path, raw)
-    wait_for(tmp_path / "store" / round_prefix(exp_id, 2) / "metrics.json", proc)
+    checkpoint = tmp_path / "store" / round_prefix(exp_id, 2) / "metrics.json"
+    wait_until(checkpoint.exists, proc, "round 2's checkpoint")
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
@@ -89,7 +54,7 @@ def test_sigkill_between_rounds_then_resume_gives_identical_results(tmp_path, re
     raw["reliability"] = {}  # the same experiment without the stall
     result = run_experiment(parse_config(raw), progress=False)
     assert result.resumed_from == 2 and result.rounds_done == ROUNDS
-    assert_same_rounds(store, ref_store, exp_id)
+    assert_same_rounds(store, ref_store, exp_id, ROUNDS)
 
 
 def test_process_dying_inside_a_client_step_then_rerun_gives_identical_results(tmp_path, reference):
@@ -108,7 +73,7 @@ def test_process_dying_inside_a_client_step_then_rerun_gives_identical_results(t
     result = run_experiment(parse_config(raw), progress=False)  # same config: the fault has fired once
     assert result.resumed_from == 1 and result.rounds_done == ROUNDS
     assert all(h["clients"]["failed"] == [] for h in result.history)
-    assert_same_rounds(store, ref_store, exp_id)
+    assert_same_rounds(store, ref_store, exp_id, ROUNDS)
 
 
 def _copy_rounds(src: LocalStore, dst: LocalStore, exp_id: str, upto: int) -> None:
@@ -179,4 +144,4 @@ def test_resume_after_damage_recomputes_and_matches(tmp_path, reference):
         (store.root / key).unlink()
     result = run_experiment(parse_config(experiment(tmp_path)), progress=False)
     assert result.resumed_from == 2 and result.rounds_done == ROUNDS
-    assert_same_rounds(store, ref_store, exp_id)
+    assert_same_rounds(store, ref_store, exp_id, ROUNDS)
