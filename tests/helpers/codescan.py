@@ -89,7 +89,7 @@ def pickle_findings(source: str, filename: str = "<source>") -> list[str]:
 # ---- credentials ------------------------------------------------------------------------------
 SECRET_NAME = re.compile(
     r"(password|passwd|passphrase|secret_?key|secret_?access_?key|access_?key(_?id)?|api_?key|auth_?token|"
-    r"private_?key|client_?secret|root_?password|root_?user)$", re.IGNORECASE)
+    r"private_?key|client_?secret|root_?password)$", re.IGNORECASE)
 # values that name where a secret comes from rather than being one
 REFERENCE_VALUE = re.compile(r"^([A-Z][A-Z0-9_]*|<[^>]*>|\$\{[^}]*\}|\{\{.*\}\}|)$")
 SECRET_PATTERNS = {
