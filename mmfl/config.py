@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import reprlib
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mmfl.errors import ConfigError
 
+_URI_WITH_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#@]*@")
 _SHORT_REPR = reprlib.Repr()
 _SHORT_REPR.maxlevel, _SHORT_REPR.maxstring, _SHORT_REPR.maxother, _SHORT_REPR.maxlong = 3, 70, 70, 40
 
@@ -170,11 +172,27 @@ class StorageConfig(_Strict):
     endpoint: str | None = Field(None, description="host:port of the MinIO/S3 server (credentials come from env)")
     secure: bool = False
 
+    @field_validator("endpoint")
+    @classmethod
+    def _no_credentials_in_endpoint(cls, v: str | None) -> str | None:
+        if v is not None and "@" in v:
+            raise ValueError("credentials must not be written into the config; set MINIO_ACCESS_KEY and "
+                             "MINIO_SECRET_KEY in the environment (a Kubernetes Secret in the cluster)")
+        return v
+
 
 class TrackingConfig(_Strict):
     enabled: bool = True
     uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///mlruns.db in the working dir")
     experiment: str = "mmfl"
+
+    @field_validator("uri")
+    @classmethod
+    def _no_credentials_in_uri(cls, v: str | None) -> str | None:
+        if v is not None and _URI_WITH_USERINFO.match(v):
+            raise ValueError("credentials must not be written into the config; set MLFLOW_TRACKING_USERNAME and "
+                             "MLFLOW_TRACKING_PASSWORD in the environment (a Kubernetes Secret in the cluster)")
+        return v
 
 
 class FaultSpec(_Strict):
