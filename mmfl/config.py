@@ -200,8 +200,8 @@ class FaultSpec(_Strict):
 
     Modes: ``raise`` (the client raises), ``exit`` (the whole process dies at once, as on an OOM
     kill), ``sleep`` (the client stalls ``seconds`` before training, e.g. to hit a timeout), and
-    poisoned results ``nan`` / ``inf`` / ``scale`` (update weights replaced or multiplied by
-    ``scale``). With ``once_file`` the fault fires only while that file does not exist and creates
+    poisoned results: ``nan`` / ``inf`` (one weight of the update becomes NaN / inf) and ``scale``
+    (every weight multiplied by ``scale``). With ``once_file`` the fault fires only while that file does not exist and creates
     it when firing, so a retried task (or a re-run) succeeds.
     """
 
@@ -331,7 +331,7 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     """`` at line L, column C: what`` on one line (PyYAML's own message spans several)."""
     mark = getattr(exc, "problem_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    what = getattr(exc, "problem", None) or str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    what = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
     return f"{where}: {' '.join(str(what).split())}"
 
 
