@@ -119,7 +119,7 @@ def guarded(cfg: ExperimentConfig, round_index: int, client_id: int, work: Calla
     except Exception as exc:
         reason = f"{stage}: {_describe(exc)}"
         log.warning("round %d client %d failed: %s", round_index, client_id, reason)
-        log.debug("client failure details", exc_info=exc)
+        log.info("round %d client %d: traceback of the failure", round_index, client_id, exc_info=exc)
         return failed_update(client_id, reason)
 
 
