@@ -139,8 +139,10 @@ def test_quorum_not_met_fails_clearly(round_one):
     assert info.value.summary["aggregated"] == [2, 3]
     with pytest.raises(robust.RoundFailedError, match="min_clients = 4"):
         steps.aggregate(with_reliability(cfg, min_clients=4), state, updates[:3], expected_clients=[0, 1, 2, 3])
-    with pytest.raises(robust.RoundFailedError, match="no updates"):
+    with pytest.raises(robust.RoundFailedError, match="round 1: no client updates to aggregate"):
         steps.aggregate(cfg, state, [])
+    with pytest.raises(robust.RoundFailedError, match="only 0 of 2 sampled clients.*no update received"):
+        steps.aggregate(cfg, state, [], expected_clients=[0, 1])
 
 
 def test_required_updates():

@@ -45,7 +45,7 @@ class ClientTimeout(RuntimeError):
     """A client did not finish within ``reliability.client_timeout_s``."""
 
 
-class RoundFailedError(MmflError):
+class RoundFailedError(MmflError, ValueError):
     """Too few clients of a round produced an acceptable update to aggregate."""
 
     def __init__(self, message: str, round_index: int, summary: dict[str, Any]):
@@ -262,6 +262,8 @@ def screen_round(
         "rejected": rejected,
         "needed": needed,
     }
+    if not updates and expected_clients is None:
+        raise RoundFailedError(f"round {round_index}: no client updates to aggregate", round_index, summary)
     if len(accepted) < needed:
         problems = [f"client {f['client']} failed ({f['reason']})" for f in failed]
         problems += [f"client {r['client']} rejected ({r['reason']})" for r in rejected]
