@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,9 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mmfl.errors import ConfigError
 
+_URI_WITH_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#@]*@")
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxstring, _SHORT_REPR.maxother, _SHORT_REPR.maxlong = 3, 70, 70, 40
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SyntheticConfig(_Strict):
@@ -178,11 +184,61 @@ class StorageConfig(_Strict):
     endpoint: str | None = Field(None, description="host:port of the MinIO/S3 server (credentials come from env)")
     secure: bool = False
 
+    @field_validator("endpoint")
+    @classmethod
+    def _no_credentials_in_endpoint(cls, v: str | None) -> str | None:
+        if v is not None and "@" in v:
+            raise ValueError("credentials must not be written into the config; set MINIO_ACCESS_KEY and "
+                             "MINIO_SECRET_KEY in the environment (a Kubernetes Secret in the cluster)")
+        return v
+
 
 class TrackingConfig(_Strict):
     enabled: bool = True
     uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///mlruns.db in the working dir")
     experiment: str = "mmfl"
+
+    @field_validator("uri")
+    @classmethod
+    def _no_credentials_in_uri(cls, v: str | None) -> str | None:
+        if v is not None and _URI_WITH_USERINFO.match(v):
+            raise ValueError("credentials must not be written into the config; set MLFLOW_TRACKING_USERNAME and "
+                             "MLFLOW_TRACKING_PASSWORD in the environment (a Kubernetes Secret in the cluster)")
+        return v
+
+
+class FaultSpec(_Strict):
+    """A fault injected into one client's work in one round: for fault-tolerance tests and drills.
+
+    Modes: ``raise`` (the client raises), ``exit`` (the whole process dies at once, as on an OOM
+    kill), ``sleep`` (the client stalls ``seconds`` before training, e.g. to hit a timeout), and
+    poisoned results: ``nan`` / ``inf`` (one weight of the update becomes NaN / inf) and ``scale``
+    (every weight multiplied by ``scale``). With ``once_file`` the fault fires only while that file does not exist and creates
+    it when firing, so a retried task (or a re-run) succeeds.
+    """
+
+    round: int = Field(ge=1)
+    client: int = Field(ge=0)
+    mode: Literal["raise", "exit", "sleep", "nan", "inf", "scale"]
+    seconds: float = Field(3600.0, gt=0, le=86_400)
+    scale: float = Field(1e6, description="Factor applied to the update weights in mode 'scale'")
+    once_file: str | None = Field(None, min_length=1, max_length=4096)
+
+
+class ReliabilityConfig(_Strict):
+    """How a round copes with failing clients and implausible updates (see docs/reliability.md)."""
+
+    quorum: float = Field(0.5, gt=0, le=1, description="Fraction of sampled clients whose updates must be accepted")
+    min_clients: int = Field(1, ge=1, description="...and at least this many accepted updates per round")
+    client_timeout_s: float | None = Field(None, gt=0, description="Wall-clock limit of one client's work; None = none")
+    max_update_norm: float | None = Field(
+        1e5, gt=0, description="Reject an update farther than this (L2) from the global model; None = off"
+    )
+    max_norm_ratio: float | None = Field(
+        100.0, gt=1, description="Reject an update farther than this multiple of the other clients' median distance"
+    )
+    norm_ratio_min_updates: int = Field(3, ge=2, description="Apply max_norm_ratio only with at least this many updates")
+    fault_injection: list[FaultSpec] = Field(default_factory=list)
 
 
 class ExperimentConfig(_Strict):
@@ -197,6 +253,7 @@ class ExperimentConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    reliability: ReliabilityConfig = Field(default_factory=ReliabilityConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "ExperimentConfig":
@@ -208,16 +265,31 @@ class ExperimentConfig(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _reliability_checks(self) -> "ExperimentConfig":
+        n = self.partition.num_clients
+        sampled = min(n, max(1, int(round(self.train.clients_per_round * n))))
+        if self.reliability.min_clients > sampled:
+            raise ValueError(
+                f"reliability.min_clients = {self.reliability.min_clients} exceeds the {sampled} clients sampled per round"
+            )
+        for i, fault in enumerate(self.reliability.fault_injection):
+            if fault.client >= n:
+                raise ValueError(
+                    f"reliability.fault_injection.{i}.client = {fault.client}: only {n} clients (0..{n - 1})"
+                )
+        return self
+
     def experiment_id(self) -> str:
         """Stable id of what is computed: name, method and a hash of every setting that changes results."""
-        payload = self.model_dump(exclude={"storage", "tracking", "eval"})
+        payload = self.model_dump(exclude={"storage", "tracking", "eval", "reliability"})
         payload["train"].pop("device", None)
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"{self.name}-{self.method.name}-{digest}"
 
 
 def _format_value(value: Any) -> str:
-    text = repr(value)
+    text = _SHORT_REPR.repr(value)  # bounded: never walks a huge or deeply nested input
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -248,7 +320,10 @@ def parse_config(data: Any, source: str = "config") -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "\n  ".join(_format_errors(exc))
+        lines = _format_errors(exc)
+        if len(lines) == 1:  # one problem, one line
+            raise ConfigError(f"{source}: invalid configuration: {lines[0]}") from None
+        problems = "\n  ".join(lines)
         raise ConfigError(f"{source}: invalid configuration:\n  {problems}") from None
 
 
@@ -264,6 +339,14 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """`` at line L, column C: what`` on one line (PyYAML's own message spans several)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    what = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+    return f"{where}: {' '.join(str(what).split())}"
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read a YAML file, apply ``key=value`` overrides (values parsed as YAML) and validate."""
     path = Path(path)
@@ -271,12 +354,14 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except (IsADirectoryError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # folder, permissions, NUL in the path
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML{_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -287,7 +372,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             value = raw
         set_dotted(data, key.strip(), value)
     return parse_config(data, source=str(path))

@@ -84,8 +84,8 @@ def test_quickstart_config_runs_on_real_mfeat_data(tmp_path):
     from mmfl.config import load_config
 
     cfg = load_config(ROOT / "configs" / "quickstart.yaml",
-                      ["train.rounds=1", "tracking.enabled=false", f"storage.root={tmp_path / 'store'}"])
+                      ["train.rounds=5", "tracking.enabled=false", f"storage.root={tmp_path / 'store'}"])
     result = run_experiment(cfg, progress=False)
-    assert result.rounds_done == 1
+    assert result.rounds_done == 5
     assert set(result.final) == {"full", "only:pix", "only:fou"}
-    assert result.final["full"]["acc"] > 0.2  # one round already beats chance (0.1) on 10 digits
+    assert result.final["full"]["acc"] > 0.2  # five rounds already beat chance (0.1) on 10 digits

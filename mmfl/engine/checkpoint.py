@@ -10,10 +10,14 @@ A round is complete once its ``metrics.json`` exists: it is written last, after 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from mmfl.engine.state import RoundState
+from mmfl.errors import ArtifactError
 from mmfl.io.store import ArtifactStore
+
+log = logging.getLogger(__name__)
 
 
 def round_prefix(exp_id: str, round_index: int) -> str:
@@ -43,3 +47,23 @@ def latest_round(store: ArtifactStore, exp_id: str) -> int | None:
 def load_round(store: ArtifactStore, exp_id: str, round_index: int) -> tuple[RoundState, dict[str, Any]]:
     prefix = round_prefix(exp_id, round_index)
     return store.get_state(prefix), store.get_json(f"{prefix}/metrics.json")
+
+
+def resume_point(store: ArtifactStore, exp_id: str) -> tuple[int, RoundState] | None:
+    """The newest round whose checkpoint is complete *and* readable, with its state.
+
+    A round counts only once its ``metrics.json`` exists (written last), so a run killed while
+    writing round k resumes from k - 1. A complete-looking round that cannot be read (damaged by
+    something outside mmfl) is skipped with a warning and recomputed from the round before.
+    """
+    for round_index in reversed(completed_rounds(store, exp_id)):
+        try:
+            state, _ = load_round(store, exp_id, round_index)
+        except ArtifactError as exc:
+            log.warning("checkpoint of round %d is unreadable, trying the round before: %s", round_index, exc)
+            continue
+        if state.round != round_index:
+            log.warning("checkpoint of round %d holds round %d; trying the round before", round_index, state.round)
+            continue
+        return round_index, state
+    return None

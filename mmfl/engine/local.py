@@ -16,7 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from mmfl.config import ExperimentConfig
 from mmfl.data.missing import eval_patterns
 from mmfl.engine import steps
-from mmfl.engine.checkpoint import completed_rounds, latest_round, load_round, round_prefix, save_round
+from mmfl.engine.checkpoint import completed_rounds, load_round, resume_point, round_prefix, save_round
+from mmfl.engine.robust import RoundFailedError, clients_summary, record_round_clients
 from mmfl.io.store import ArtifactStore, open_store
 from mmfl.io.tracking import NullTracker, open_tracker
 from mmfl.report import matrix_records, metric_key, plot_history, training_setting
@@ -62,14 +63,14 @@ def run_experiment(
     patterns = eval_patterns(data.spec.names, cfg.eval.patterns)
     shards = dict(enumerate(data.clients))
 
-    start = latest_round(store, exp_id)
-    if start is None:
+    found = resume_point(store, exp_id)
+    if found is None:
         state = steps.init_state(cfg, data.spec)
         save_round(store, exp_id, state, {"eval": None})
         store.put_json(f"{exp_id}/config.json", cfg.model_dump(mode="json"))
         start = 0
     else:
-        state, _ = load_round(store, exp_id, start)
+        start, state = found
         log.info("resuming %s from round %d", exp_id, start)
 
     run_key = f"{exp_id}/tracking.json"
@@ -94,11 +95,18 @@ def run_experiment(
                 clients = steps.sample_clients(cfg, r)
                 updates = steps.client_train(cfg, state, shards, clients)
                 updates = steps.upload_prototypes(cfg, state, shards, updates)
-                state = steps.aggregate(cfg, state, updates)
+                try:
+                    state = steps.aggregate(cfg, state, updates, expected_clients=clients)
+                except RoundFailedError as exc:
+                    record_round_clients(tracker, r, exc.summary)
+                    raise
+                summary = clients_summary(state)
                 state = steps.schedule(cfg, state)
                 evaluation = steps.evaluate(cfg, state, data.test) if steps.should_evaluate(cfg, r) else None
-                save_round(store, exp_id, state, {"eval": evaluation, "train_loss": state.meta["history"][-1]["train_loss"]})
+                save_round(store, exp_id, state, {"eval": evaluation, "train_loss": state.meta["history"][-1]["train_loss"],
+                                                  "clients": summary})
                 tracker.log_metrics(round_metrics(r, state.meta["history"][-1], evaluation), step=r)
+                record_round_clients(tracker, r, summary)
                 info = f"loss {state.meta['history'][-1]['train_loss']:.3f}"
                 if evaluation:
                     info += f"  acc(full) {evaluation['full']['acc']:.3f}" if "full" in evaluation else ""

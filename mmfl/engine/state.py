@@ -6,6 +6,7 @@ process (local engine) or in another pod (KFP component) after a safetensors + J
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,8 +58,10 @@ def tensors_to_bytes(tensors: dict[str, torch.Tensor], meta: dict[str, str] | No
 def tensors_from_bytes(data: bytes, what: str = "tensors") -> dict[str, torch.Tensor]:
     try:
         return st_load(data)
-    except Exception as exc:  # safetensors raises several internal error types
-        raise ArtifactError(f"{what}: not a valid safetensors file ({exc})") from None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # safetensors raises several internal error types, a Rust panic included
+        raise ArtifactError(f"{what}: not a valid safetensors file ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 def json_to_bytes(obj: Any) -> bytes:
@@ -70,16 +73,41 @@ def json_from_bytes(data: bytes, what: str = "metadata") -> Any:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{what}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ArtifactError(f"{what}: JSON nested too deeply") from None
+    except (AttributeError, TypeError):
+        raise ArtifactError(f"{what}: expected bytes, got {type(data).__name__}") from None
+
+
+def _json_int(doc: dict[str, Any], key: str, what: str) -> int:
+    value = doc.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArtifactError(f"{what}: {key!r} must be an integer, got {value!r:.60}")
+    return value
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_digest(doc: dict[str, Any], tensor_bytes: bytes, what: str) -> None:
+    """The JSON half names the exact tensor file it belongs to: a torn or mixed pair is refused."""
+    expected = doc.get("sha256")
+    if expected is not None and expected != _digest(tensor_bytes):
+        raise ArtifactError(f"{what}: tensors do not match their metadata (sha256 differs): partial, mixed or damaged write")
 
 
 def state_to_bytes(state: RoundState) -> tuple[bytes, bytes]:
-    return tensors_to_bytes(state.tensors), json_to_bytes({"round": state.round, "meta": state.meta})
+    tensors = tensors_to_bytes(state.tensors)
+    return tensors, json_to_bytes({"round": state.round, "meta": state.meta, "sha256": _digest(tensors)})
 
 
 def state_from_bytes(tensor_bytes: bytes, json_bytes: bytes, what: str = "state") -> RoundState:
     doc = json_from_bytes(json_bytes, what)
-    if not isinstance(doc, dict) or not isinstance(doc.get("round"), int) or not isinstance(doc.get("meta"), dict):
-        raise ArtifactError(f"{what}: metadata must be an object with integer 'round' and object 'meta'")
+    if (not isinstance(doc, dict) or isinstance(doc.get("round"), bool) or not isinstance(doc.get("round"), int)
+            or doc["round"] < 0 or not isinstance(doc.get("meta"), dict)):
+        raise ArtifactError(f"{what}: metadata must be an object with integer 'round' >= 0 and object 'meta'")
+    _check_digest(doc, tensor_bytes, what)
     return RoundState(doc["round"], tensors_from_bytes(tensor_bytes, what), doc["meta"])
 
 
@@ -90,18 +118,26 @@ def update_to_bytes(update: ClientUpdate) -> tuple[bytes, bytes]:
         "metrics": update.metrics,
         "meta": update.meta,
     }
-    return tensors_to_bytes(update.tensors), json_to_bytes(doc)
+    tensors = tensors_to_bytes(update.tensors)
+    return tensors, json_to_bytes({**doc, "sha256": _digest(tensors)})
 
 
 def update_from_bytes(tensor_bytes: bytes, json_bytes: bytes, what: str = "update") -> ClientUpdate:
     doc = json_from_bytes(json_bytes, what)
+    if not isinstance(doc, dict):
+        raise ArtifactError(f"{what}: update metadata must be a JSON object, got {type(doc).__name__}")
+    metrics, meta = doc.get("metrics", {}), doc.get("meta", {})
+    if not isinstance(metrics, dict) or not isinstance(meta, dict):
+        raise ArtifactError(f"{what}: 'metrics' and 'meta' must be JSON objects")
     try:
-        return ClientUpdate(
-            client_id=int(doc["client_id"]),
-            num_samples=int(doc["num_samples"]),
-            tensors=tensors_from_bytes(tensor_bytes, what),
-            metrics={str(k): float(v) for k, v in doc.get("metrics", {}).items()},
-            meta=dict(doc.get("meta", {})),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ArtifactError(f"{what}: malformed update metadata ({exc})") from None
+        metrics = {str(k): float(v) for k, v in metrics.items()}
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ArtifactError(f"{what}: metrics must be numbers ({exc})") from None
+    _check_digest(doc, tensor_bytes, what)
+    return ClientUpdate(
+        client_id=_json_int(doc, "client_id", what),
+        num_samples=_json_int(doc, "num_samples", what),
+        tensors=tensors_from_bytes(tensor_bytes, what),
+        metrics=metrics,
+        meta=meta,
+    )

@@ -19,6 +19,7 @@ from mmfl.config import ExperimentConfig
 from mmfl.data import FederatedData, build_federated_data
 from mmfl.data.missing import eval_patterns, pattern_presence
 from mmfl.data.types import DataSpec, MultimodalDataset
+from mmfl.engine import robust
 from mmfl.engine.state import ClientUpdate, RoundState
 from mmfl.methods import Method, get_method
 from mmfl.methods.base import Context
@@ -54,17 +55,22 @@ def sample_clients(cfg: ExperimentConfig, round_index: int) -> list[int]:
 def client_train(
     cfg: ExperimentConfig, state: RoundState, shards: Mapping[int, MultimodalDataset], client_ids: Sequence[int]
 ) -> list[ClientUpdate]:
-    """Local training of the sampled clients from the global state of the round."""
+    """Local training of the sampled clients from the global state of the round.
+
+    A client that raises or times out yields a failed update (see ``engine/robust.py``).
+    """
     if cfg.train.engine == "vectorized":
         from mmfl.engine.vectorized import client_train_vectorized
 
-        return client_train_vectorized(cfg, state, shards, client_ids)
+        return robust.train_batch(cfg, state.round + 1, client_ids,
+                                  lambda ids: client_train_vectorized(cfg, state, shards, ids))
     method, spec = method_of(cfg), spec_of(state)
-    updates = []
-    for cid in client_ids:
+
+    def train_one(cid: int) -> ClientUpdate:
         ctx = Context(cfg, spec, state.round + 1, cid, cfg.train.device)
-        updates.append(method.client_update(state, shards[cid], ctx))
-    return updates
+        return method.client_update(state, shards[cid], ctx)
+
+    return robust.train_clients(cfg, state.round + 1, client_ids, train_one)
 
 
 def upload_prototypes(
@@ -76,16 +82,30 @@ def upload_prototypes(
         return list(updates)
     out = []
     for u in updates:
+        if robust.is_failed(u):
+            out.append(u)
+            continue
         ctx = Context(cfg, spec, state.round + 1, u.client_id, cfg.train.device)
-        extra = method.client_prototypes(state, u, shards[u.client_id], ctx) or {}
-        out.append(ClientUpdate(u.client_id, u.num_samples, {**u.tensors, **extra}, u.metrics, u.meta))
+
+        def attach(u: ClientUpdate = u, ctx: Context = ctx) -> ClientUpdate:
+            extra = method.client_prototypes(state, u, shards[u.client_id], ctx) or {}
+            return ClientUpdate(u.client_id, u.num_samples, {**u.tensors, **extra}, u.metrics, u.meta)
+
+        out.append(robust.guarded(cfg, state.round + 1, u.client_id, attach, stage="upload_prototypes"))
     return out
 
 
-def aggregate(cfg: ExperimentConfig, state: RoundState, updates: Sequence[ClientUpdate]) -> RoundState:
-    """Server aggregation; returns the state after this round (``round`` incremented)."""
-    if not updates:
-        raise ValueError(f"round {state.round + 1}: no client updates to aggregate")
+def aggregate(
+    cfg: ExperimentConfig, state: RoundState, updates: Sequence[ClientUpdate],
+    expected_clients: Sequence[int] | None = None,
+) -> RoundState:
+    """Server aggregation; returns the state after this round (``round`` incremented).
+
+    Failed and rejected updates are left out (recorded in the history entry); fewer accepted
+    updates than the quorum raise ``robust.RoundFailedError``. ``expected_clients`` are the
+    sampled clients, so that one whose update never arrived counts as failed.
+    """
+    updates, clients = robust.screen_round(cfg, state, updates, expected_clients)
     method = method_of(cfg)
     ctx = Context(cfg, spec_of(state), state.round + 1, -1, "cpu")
     new = method.aggregate(state, list(updates), ctx)
@@ -96,6 +116,7 @@ def aggregate(cfg: ExperimentConfig, state: RoundState, updates: Sequence[Client
             "clients": [u.client_id for u in updates],
             "train_loss": float(np.average([u.metrics.get("train_loss", float("nan")) for u in updates],
                                            weights=[u.num_samples for u in updates])),
+            **{k: clients[k] for k in ("sampled", "failed", "rejected")},
         }
     ]
     return new

@@ -38,7 +38,7 @@ def validate_key(key: str) -> str:
         raise ArtifactError(f"artifact key {key!r}: must be a non-empty string")
     parts = key.split("/")
     for part in parts:
-        if part in ("", ".", "..") or not _SEGMENT.match(part):
+        if part in ("", ".", "..") or not _SEGMENT.fullmatch(part):  # fullmatch: "$" would admit a final newline
             raise ArtifactError(
                 f"artifact key {key!r}: segment {part!r} is not allowed (use letters, digits, '.', '_', '-', '=')"
             )
@@ -133,6 +133,8 @@ class LocalStore(ArtifactStore):
             raise ArtifactError(f"artifact {key!r} not found in {self.root}") from None
         except IsADirectoryError:
             raise ArtifactError(f"artifact {key!r} is a folder, not a file") from None
+        except OSError as exc:
+            raise ArtifactError(f"artifact {key!r} cannot be read: {exc}") from None
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
