@@ -1,14 +1,8 @@
 """The local engine: a full run, and resuming after a stop or a kill gives identical results."""
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from mmfl.config import parse_config
 from mmfl.engine.checkpoint import completed_rounds, load_round
@@ -48,36 +42,6 @@ def test_stopped_run_resumes_with_identical_final_state_and_metrics(tmp_path):
     state_b, _ = _final(tmp_path / "b" / "store", cfg_b)
     assert state_a.tensors.keys() == state_b.tensors.keys()
     assert all(torch.equal(state_a.tensors[k], state_b.tensors[k]) for k in state_a.tensors)
-
-
-def test_killed_cli_run_resumes_from_its_last_round(tmp_path):
-    rounds = 6
-    cfg_dict = tiny_config_dict(tmp_path, train={"rounds": rounds, "local_epochs": 2})
-    cfg_path = tmp_path / "exp.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg_dict))
-    cfg = parse_config(cfg_dict)
-    store = LocalStore(tmp_path / "store")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "mmfl", "run", str(cfg_path), "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(completed_rounds(store, cfg.experiment_id())) < 3:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
-    done = completed_rounds(store, cfg.experiment_id())
-    assert 2 <= done[-1] < rounds, f"kill landed outside the run: completed {done}"
-
-    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert f"resumed from round {done[-1]}" in out.stdout
-    killed_state, killed_metrics = _final(tmp_path / "store", cfg)
-
-    clean_cfg = parse_config(tiny_config_dict(tmp_path / "clean", train={"rounds": rounds, "local_epochs": 2}))
-    clean = run_experiment(clean_cfg, progress=False)
-    clean_state, _ = _final(tmp_path / "clean" / "store", clean_cfg)
-    assert killed_metrics["eval"] == clean.final
-    assert all(torch.equal(killed_state.tensors[k], clean_state.tensors[k]) for k in clean_state.tensors)
 
 
 def test_quickstart_config_runs_on_real_mfeat_data(tmp_path):
