@@ -10,7 +10,8 @@ from rich.console import Console
 
 from mmfl.errors import MmflError
 
-console = Console()
+# Wide enough for the test matrix when output goes to a file or CI log.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _configs(args: argparse.Namespace):

@@ -136,7 +136,7 @@ class TrainConfig(_Strict):
     clients_per_round: float = Field(1.0, gt=0, le=1, description="Fraction of clients sampled each round")
     local_epochs: int = Field(2, ge=1)
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(0.05, gt=0)
+    lr: float = Field(0.02, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     engine: Literal["loop", "vectorized"] = "loop"

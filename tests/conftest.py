@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
+# Tiny test models run fastest on one thread, and several threads per process thrash on a
+# 2-core machine; subprocesses started by tests inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from mmfl.config import parse_config
-from tests.helpers.servers import mlflow_server
-from tests.helpers.s3 import S3Server, seaweedfs_s3
+from tests.helpers.servers import mlflow_server  # noqa: E402
+from tests.helpers.s3 import S3Server, seaweedfs_s3  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,9 @@ from mmfl.data.types import DataSpec, MultimodalDataset
 def load_dataset(cfg: DataConfig) -> tuple[MultimodalDataset, MultimodalDataset]:
     """Return (train, test), both complete; the split depends only on ``split_seed``.
 
-    Each modality is standardised feature-wise with statistics of the training part only.
+    Each modality is standardised with statistics of the training part only: per feature for
+    vectors (with a floor on the deviation so near-constant features do not explode on unseen
+    samples), per channel for images and series (so pixels keep their spatial relations).
     """
     raw = load_raw(cfg)
     idx = np.arange(len(raw.labels))
@@ -27,8 +29,10 @@ def load_dataset(cfg: DataConfig) -> tuple[MultimodalDataset, MultimodalDataset]
     train_inputs, test_inputs = {}, {}
     for m in raw.specs:
         x = raw.arrays[m.name]
-        mean = x[train_idx].mean(axis=0, keepdims=True)
-        std = x[train_idx].std(axis=0, keepdims=True) + 1e-6
+        axes = (0,) if m.kind == "vector" else tuple(a for a in range(x.ndim) if a != 1)
+        mean = x[train_idx].mean(axis=axes, keepdims=True)
+        std = x[train_idx].std(axis=axes, keepdims=True)
+        std = np.maximum(std, 0.05 * float(std.mean()) + 1e-6)
         z = ((x - mean) / std).astype(np.float32)
         train_inputs[m.name] = torch.from_numpy(np.ascontiguousarray(z[train_idx]))
         test_inputs[m.name] = torch.from_numpy(np.ascontiguousarray(z[test_idx]))

@@ -1,0 +1,40 @@
+"""The command line: run several methods, report from MLflow, clear errors on bad input."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import tiny_config_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _mmfl(args, cwd):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-m", "mmfl", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_run_methods_then_report_reads_the_sqlite_store(tmp_path):
+    cfg = tiny_config_dict(tmp_path, tracking={"enabled": True, "experiment": "cli-test"}, train={"rounds": 2})
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
+    run = _mmfl(["run", "exp.yaml", "--method", "fedavg", "--method", "zerofill", "--no-progress"], tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "Test matrix" in run.stdout and "zerofill" in run.stdout and "only:a" in run.stdout
+    assert (tmp_path / "mlruns.db").is_file()  # default tracking: sqlite file in the working dir
+
+    report = _mmfl(["report", "--experiment", "cli-test"], tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "fedavg" in report.stdout and "zerofill" in report.stdout and "mixed@0.50" in report.stdout
+
+
+def test_bad_config_gives_one_clear_error_and_exit_code_2(tmp_path):
+    cfg = tiny_config_dict(tmp_path, partition={"num_clients": 4, "alpha": -3})
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    out = _mmfl(["run", "bad.yaml"], tmp_path)
+    assert out.returncode == 2
+    assert "partition.alpha = -3" in out.stderr
+    assert "Traceback" not in out.stderr

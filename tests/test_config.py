@@ -1,0 +1,90 @@
+"""Configuration: defaults, YAML loading, overrides, and errors that name field and value."""
+
+from pathlib import Path
+
+import pytest
+
+from mmfl.config import ExperimentConfig, load_config, parse_config
+from mmfl.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quickstart_config_loads_with_expected_settings():
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml")
+    assert cfg.data.name == "mfeat"
+    assert cfg.partition.scheme == "dirichlet" and cfg.partition.num_clients == 10 and cfg.partition.alpha == 0.5
+    assert cfg.missing.rate == 0.5
+    assert cfg.storage.kind == "local"
+
+
+def test_method_params_are_completed_with_defaults():
+    cfg = parse_config({"method": {"name": "fedprox"}})
+    assert cfg.method.params == {"mu": 0.01}
+
+
+@pytest.mark.parametrize(
+    "data, needles",
+    [
+        ({"partition": {"alpha": -1}}, ["partition.alpha", "-1"]),
+        ({"partition": {"num_clients": "ten"}}, ["partition.num_clients", "'ten'"]),
+        ({"missing": {"rate": 1.5}}, ["missing.rate", "1.5"]),
+        ({"missing": {"pattern": "sometimes"}}, ["missing.pattern", "'sometimes'"]),
+        ({"data": {"name": "imagenet"}}, ["data.name", "'imagenet'"]),
+        ({"train": {"rounds": 0}}, ["train.rounds", "0"]),
+        ({"trian": {"rounds": 3}}, ["trian", "unknown field"]),
+        ({"method": {"name": "fedsomething"}}, ["method", "fedsomething", "fedavg"]),
+        ({"method": {"name": "fedprox", "params": {"mu": -2}}}, ["method.params.mu", "-2"]),
+        ({"method": {"name": "fedprox", "params": {"nu": 1}}}, ["method.params.nu", "unknown field"]),
+        ({"eval": {"patterns": ["only:"]}}, ["eval.patterns", "only:"]),
+    ],
+)
+def test_bad_field_error_names_field_and_value(data, needles):
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    for needle in needles:
+        assert needle in str(info.value)
+
+
+def test_client_rates_must_match_number_of_clients():
+    with pytest.raises(ConfigError, match=r"client_rates has 2 entries but partition.num_clients = 10"):
+        parse_config({"missing": {"client_rates": [0.1, 0.2]}})
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(ConfigError) as info:
+        parse_config({"partition": {"alpha": 0}, "train": {"batch_size": -1}})
+    assert "partition.alpha" in str(info.value) and "train.batch_size" in str(info.value)
+
+
+def test_yaml_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("partition: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(listy)
+
+
+def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\n")
+    cfg = load_config(path, ["partition.alpha=0.1", "train.rounds=7", "missing.pattern=missing:pix"])
+    assert cfg.partition.alpha == 0.1 and cfg.train.rounds == 7 and cfg.missing.pattern == "missing:pix"
+    with pytest.raises(ConfigError, match="partition.alpha"):
+        load_config(path, ["partition.alpha=zero"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(path, ["partition.alpha"])
+
+
+def test_experiment_id_depends_on_results_not_on_where_they_go():
+    base = ExperimentConfig()
+    same = parse_config({"tracking": {"experiment": "other"}, "storage": {"root": "/elsewhere"}, "eval": {"every": 2}})
+    different = parse_config({"partition": {"alpha": 0.3}})
+    assert base.experiment_id() == same.experiment_id()
+    assert base.experiment_id() != different.experiment_id()
+    assert base.experiment_id().startswith("experiment-fedavg-")
