@@ -18,7 +18,8 @@ import numpy as np
 from mmfl.config import ExperimentConfig, parse_config
 from mmfl.data.missing import eval_patterns
 from mmfl.errors import ConfigError
-from mmfl.kfp.component_io import load_cfg, load_spec, store_of, write_manifest
+from mmfl.data.types import DataSpec
+from mmfl.kfp.component_io import load_cfg, store_of, write_manifest
 from mmfl.engine.checkpoint import latest_round, load_round
 from mmfl.report import matrix_records, training_setting
 
@@ -63,8 +64,9 @@ def collect_rows(configs: list[ExperimentConfig]) -> tuple[list[dict[str, Any]],
         last = latest_round(store, exp_id)
         if last is None or last < cfg.train.rounds:
             raise ConfigError(f"benchmark cell {exp_id}: finished {last or 0} of {cfg.train.rounds} rounds")
-        final = load_round(store, exp_id, last)[1].get("eval") or {}
-        patterns = patterns or eval_patterns(load_spec(store, exp_id).names, cfg.eval.patterns)
+        state, metrics = load_round(store, exp_id, last)
+        final = metrics.get("eval") or {}
+        patterns = patterns or eval_patterns(DataSpec.from_json(state.meta["data_spec"]).names, cfg.eval.patterns)
         rows.append({"method": cfg.method.name, "train": training_setting(cfg.missing.model_dump()),
                      "rate": cfg.missing.rate, "seed": cfg.seed, "round": last, "results": final})
     return rows, patterns
