@@ -9,11 +9,12 @@ from components import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def run_cell(config_json: str, result: Output[Artifact]):
-    """Run (or resume) one experiment of the grid; state in the bucket, metrics in MLflow."""
+def run_cell(config_json: str, result: Output[Artifact], run_key: str = "", fresh: bool = False):
+    """Run (or resume) one experiment of the grid; state in the bucket, metrics in MLflow.
+    With ``fresh``, ``run_key`` (the KFP run id) gives this benchmark run its own store prefix."""
     from mmfl.kfp.benchmark import run_cell_task
 
-    result.metadata.update(run_cell_task(config_json, result.path))
+    result.metadata.update(run_cell_task(config_json, result.path, run_key if fresh else ""))
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)

@@ -2,6 +2,8 @@
 
 The grid is a pipeline parameter (a list of experiment configs as JSON), so a recurring run or a
 resubmission can change it without recompiling; ``parallelism`` bounds the GPU nodes used at once.
+With ``fresh`` (the default) every run computes its cells anew under its own store prefix (a
+recurring benchmark measures the current image); ``fresh=False`` resumes the configs' own experiments.
 """
 
 import json
@@ -23,9 +25,10 @@ def build_benchmark_pipeline(cells: list[ExperimentConfig], name: str = "benchma
     default_cells = [json.dumps(c.model_dump(mode="json"), sort_keys=True) for c in cells]
 
     @dsl.pipeline(name="mmfl-benchmark", description=f"{len(cells)} experiments, then a comparison table and plot")
-    def benchmark(cells_json: list = default_cells, benchmark_name: str = name):
+    def benchmark(cells_json: list = default_cells, benchmark_name: str = name, fresh: bool = True):
         with dsl.ParallelFor(items=cells_json, parallelism=parallelism, name="grid") as cell:
-            run = configure(run_cell(config_json=cell), settings, True, "experiment")
+            run = configure(run_cell(config_json=cell, run_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER, fresh=fresh),
+                            settings, True, "experiment")
         configure(compare(benchmark_name=benchmark_name, results=dsl.Collected(run.outputs["result"])), settings,
                   False, "compare")
 

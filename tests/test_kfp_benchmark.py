@@ -24,10 +24,13 @@ def test_grid_cells_then_comparison_in_mlflow(tmp_path, mlflow_uri):
     assert [(c.method.name, c.missing.rate) for c in cells] == [("fedavg", 0.2), ("fedavg", 0.6), ("zerofill", 0.2), ("zerofill", 0.6)]
     assert len({c.experiment_id() for c in cells}) == 4
     cells = [cells[0], cells[3]]  # two cells that differ in method and rate keep the test short
-    cell_json = [json.dumps(c.model_dump(mode="json")) for c in cells]
-    for i, cj in enumerate(cell_json):
-        meta = run_cell_task(cj, str(tmp_path / f"cell{i}"))
-        assert meta["rounds"] == 1 and meta["experiment_id"] == cells[i].experiment_id()
+    cell_json = []
+    for i, cfg in enumerate(cells):
+        # a fresh benchmark run keeps its cells under its own prefix (the KFP run id)
+        meta = run_cell_task(json.dumps(cfg.model_dump(mode="json")), str(tmp_path / f"cell{i}"), run_key="run/7")
+        assert meta["rounds"] == 1 and meta["experiment_id"] == cfg.experiment_id()
+        cell_json.append(json.loads((tmp_path / f"cell{i}").read_text())["config"])  # as the compare component does
+    assert json.loads(cell_json[0])["storage"]["root"] == f"{base.storage.root}/benchmarks/run-7"
 
     meta = compare_task(cell_json, "nightly", str(tmp_path / "report.html"))
     assert meta["cells"] == 2 and meta["mlflow_run_id"]
@@ -44,7 +47,7 @@ def test_grid_cells_then_comparison_in_mlflow(tmp_path, mlflow_uri):
     cols = summary["columns"]
     rows = [dict(zip(cols, r)) for r in summary["data"]]
     # one row per (method, rate, test pattern); with one seed the mean is the cell's own final accuracy
-    store = LocalStore(base.storage.root)
+    store = LocalStore(f"{base.storage.root}/benchmarks/run-7")
     for cfg in cells:
         final = load_round(store, cfg.experiment_id(), latest_round(store, cfg.experiment_id()))[1]["eval"]
         for pattern, vals in final.items():

@@ -103,6 +103,7 @@ def test_benchmark_yaml(tmp_path):
     spec, k8s = load_package(path)
     params = json_format.MessageToDict(spec.root.input_definitions)["parameters"]
     assert params["cells_json"]["parameterType"] == "LIST" and len(params["cells_json"]["defaultValue"]) == 8
+    assert params["fresh"]["defaultValue"] is True  # recurring runs recompute under their own prefix
     (loop,) = [t for t in spec.root.dag.tasks.values() if t.HasField("parameter_iterator")]
     inner = spec.components[loop.component_ref.name].dag.tasks
     assert "run-cell" in inner and inner["run-cell"].retry_policy.max_retry_count == 2

@@ -46,14 +46,26 @@ def grid_configs(cfg: ExperimentConfig, methods: list[str] | None = None, rates:
     return cells
 
 
-def run_cell_task(config_json: str, result_path: str) -> dict[str, Any]:
-    """Run (or resume) one experiment to the end; returns where its final results are."""
+def fresh_config(cfg: ExperimentConfig, run_key: str) -> ExperimentConfig:
+    """The cell under a store prefix of its own benchmark run, so a recurring benchmark recomputes
+    (experiment ids are deterministic and would otherwise find last time's checkpoints)."""
+    data = cfg.model_dump(mode="json")
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in run_key).strip("-.") or "run"
+    data["storage"]["root"] = f"{data['storage']['root'].rstrip('/')}/benchmarks/{safe[:80]}"
+    return parse_config(data, source="benchmark cell")
+
+
+def run_cell_task(config_json: str, result_path: str, run_key: str = "") -> dict[str, Any]:
+    """Run (or resume) one experiment to the end; with ``run_key``, under that benchmark run's prefix."""
     from mmfl.engine.local import run_experiment
 
     cfg = load_cfg(config_json)
+    if run_key:
+        cfg = fresh_config(cfg, run_key)
     result = run_experiment(cfg, progress=False)
     return write_manifest(result_path, {"experiment_id": result.experiment_id, "run_id": result.run_id or "",
-                                        "rounds": result.rounds_done, "config": config_json})
+                                        "rounds": result.rounds_done,
+                                        "config": json.dumps(cfg.model_dump(mode="json"), sort_keys=True)})
 
 
 def collect_rows(configs: list[ExperimentConfig]) -> tuple[list[dict[str, Any]], list[str]]:
