@@ -117,3 +117,16 @@ def test_cron_check():
     assert check_cron("0 0 3 * * 1-5") == "0 0 3 * * 1-5"
     with pytest.raises(ConfigError, match="--cron"):
         check_cron("every day")
+
+
+def test_cli_and_component_glue_do_not_import_kfp_or_minio():
+    """The glue runs in pods and the CLI must start fast: kfp/minio load only when used."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mmfl.cli, mmfl.kfp.component_io, mmfl.kfp.benchmark, mmfl.io.minio_store; "
+            "mmfl.cli.build_parser(); "
+            "print(sorted(m for m in ('kfp', 'minio', 'mlflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

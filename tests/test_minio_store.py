@@ -80,3 +80,10 @@ def test_open_store_minio_reads_env(s3_server, monkeypatch):
     monkeypatch.delenv("MINIO_SECRET_KEY")
     with pytest.raises(ArtifactError, match="MINIO_SECRET_KEY"):
         open_store("minio", "pfx", bucket="t-noenv")
+
+
+def test_unreachable_server_is_named():
+    with pytest.raises(ArtifactError, match=r"cannot reach the S3 server at 127\.0\.0\.1:9"):
+        MinioStore("127.0.0.1:9", "key", "secret", bucket="t-unreachable")
+    with pytest.raises(ArtifactError, match="storage.endpoint = 'http://x/y'"):
+        MinioStore("http://x/y", "key", "secret")

@@ -160,6 +160,8 @@ class MinioStore(ArtifactStore):
             if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"):
                 return False
             raise self._error(exc, f"stat {key!r}") from None
+        except Exception as exc:  # connection failures
+            raise self._error(exc, f"stat {key!r}") from None
 
     def list(self, prefix: str) -> list[str]:
         base = self._object(prefix).rstrip("/") + "/"
