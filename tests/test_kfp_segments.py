@@ -115,3 +115,22 @@ def test_segment_length_fits_task_budget(tmp_path):
         io.segment_rounds(cfg, max_tasks=3)
     with pytest.raises(ConfigError, match="config_json"):
         io.load_cfg("{not json")
+
+
+def test_prototype_and_schedule_steps_match_local_engine(tmp_path, monkeypatch):
+    from mmfl import methods
+
+    monkeypatch.setitem(methods._REGISTRY, "fullsteps", "tests.helpers.fullstep_method")
+    raw = tiny_config_dict(tmp_path, method={"name": "fullsteps"}, train={"rounds": 2})
+    cfg = parse_config({**raw, "storage": {"kind": "local", "root": str(tmp_path / "pipe")}})
+    ref = parse_config({**raw, "storage": {"kind": "local", "root": str(tmp_path / "ref")}})
+    run_experiment(ref, progress=False)
+    run_segment(json.dumps(cfg.model_dump(mode="json")), 2, tmp_path / "seg")
+    exp_id = cfg.experiment_id()
+    _assert_same_rounds(LocalStore(tmp_path / "pipe"), LocalStore(tmp_path / "ref"), exp_id)
+    state, _ = load_round(LocalStore(tmp_path / "pipe"), exp_id, 2)
+    assert state.meta["schedule"]["round"] == 2 and state.tensors["server/class_counts"].sum() > 0
+    store = LocalStore(tmp_path / "pipe")
+    upload = store.get_update(f"{exp_id}/rounds/00002/uploads/client_00000")
+    assert "proto/class_counts" in upload.tensors
+    assert store.exists(f"{exp_id}/rounds/00002/steps/schedule/state.json")
