@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import subprocess
 
-import pytest
 import yaml
 
 from pipelines.cluster import CONFIG_MAP_KEYS, MINIO_SECRET_KEYS, MLFLOW_SECRET_KEYS, ClusterSettings

@@ -34,11 +34,12 @@ from mmfl.data.missing import eval_patterns
 from mmfl.data.types import DataSpec, MultimodalDataset
 from mmfl.engine import steps
 from mmfl.engine.checkpoint import completed_rounds, latest_round, load_round, round_prefix, save_round
-from mmfl.engine.state import ClientUpdate, RoundState
+from mmfl.engine.local import round_metrics
+from mmfl.engine.state import ClientUpdate
 from mmfl.errors import ArtifactError, ConfigError
 from mmfl.io.store import ArtifactStore, open_store
 from mmfl.io.tracking import NullTracker, open_tracker
-from mmfl.report import matrix_records, metric_key, plot_history, training_setting
+from mmfl.report import matrix_records, plot_history, training_setting
 
 
 # --- configuration and store ------------------------------------------------------------------
@@ -246,14 +247,6 @@ def schedule_task(config_json: str, start_round: int, offset: int, state_manifes
     return write_manifest(state_path, {"experiment_id": exp_id, "round": r, "state": key})
 
 
-def round_metrics(history_entry: dict[str, Any], evaluation: dict[str, Any] | None) -> dict[str, float]:
-    out = {"train_loss": history_entry["train_loss"]}
-    for pattern, vals in (evaluation or {}).items():
-        out[metric_key("acc", pattern)] = vals["acc"]
-        out[metric_key("f1", pattern)] = vals["f1"]
-    return out
-
-
 def evaluate_task(config_json: str, start_round: int, offset: int, state_manifest: str, checkpoint_path: str) -> tuple[dict[str, Any], dict[str, float]]:
     """Evaluate (when due), log to MLflow, then commit the round checkpoint (metrics.json last)."""
     cfg = load_cfg(config_json)
@@ -267,7 +260,7 @@ def evaluate_task(config_json: str, start_round: int, offset: int, state_manifes
         evaluation = steps.evaluate(cfg, state, load_test(store, exp_id)) if steps.should_evaluate(cfg, r) else None
         loss = state.meta["history"][-1]["train_loss"]
         tracker = _tracker(cfg, store)
-        tracker.log_metrics(round_metrics(state.meta["history"][-1], evaluation), step=r)  # before the commit:
+        tracker.log_metrics(round_metrics(r, state.meta["history"][-1], evaluation), step=r)  # before the commit:
         save_round(store, exp_id, state, {"eval": evaluation, "train_loss": loss})         # a retry re-logs
         if r == cfg.train.rounds:
             finalize(cfg, store, tracker)
@@ -330,7 +323,3 @@ def segment_rounds(cfg: ExperimentConfig, max_tasks: int = 40, fan_out: bool = F
 
 def segments_needed(cfg: ExperimentConfig, rounds_per_segment: int, done: int = 0) -> int:
     return math.ceil(max(0, cfg.train.rounds - done) / rounds_per_segment)
-
-
-def state_after(store: ArtifactStore, exp_id: str, round_index: int) -> RoundState:
-    return load_round(store, exp_id, round_index)[0]
