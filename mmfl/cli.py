@@ -51,6 +51,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a stored checkpoint (latest complete round, or --round) on every test pattern."""
+    from mmfl.data.missing import eval_patterns
+    from mmfl.engine import steps
+    from mmfl.engine.checkpoint import latest_round, load_round
+    from mmfl.errors import ArtifactError
+    from mmfl.io.store import open_store
+    from mmfl.report import matrix_table, training_setting
+
+    rows, patterns = [], []
+    for cfg in _configs(args):
+        store = open_store(cfg.storage.kind, cfg.storage.root, cfg.storage.bucket, cfg.storage.endpoint, cfg.storage.secure)
+        exp_id = cfg.experiment_id()
+        round_index = args.round if args.round is not None else latest_round(store, exp_id)
+        if round_index is None:
+            raise ArtifactError(f"no checkpoint of experiment {exp_id} in {store!r}; run it first")
+        state, _ = load_round(store, exp_id, round_index)
+        data = steps.prepare_data(cfg)
+        patterns = eval_patterns(data.spec.names, cfg.eval.patterns)
+        rows.append({"method": cfg.method.name, "train": training_setting(cfg.missing.model_dump()), "seed": cfg.seed,
+                     "round": state.round, "results": steps.evaluate(cfg, state, data.test)})
+    console.print(matrix_table(rows, patterns))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from mmfl.report import matrix_table
     from mmfl.reporting import latest_runs
@@ -76,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any field, e.g. partition.alpha=0.1")
     run.add_argument("--no-progress", action="store_true")
     run.set_defaults(func=cmd_run)
+
+    ev = sub.add_parser("eval", help="evaluate stored checkpoints on every test pattern")
+    ev.add_argument("config", nargs="+", help="experiment YAML file(s)")
+    ev.add_argument("--method", action="append", help="evaluate this method's run (repeatable)")
+    ev.add_argument("--seed", action="append", type=int, help="evaluate the run with this seed (repeatable)")
+    ev.add_argument("--rounds", type=int, help="override train.rounds (part of the experiment id)")
+    ev.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any field")
+    ev.add_argument("--round", type=int, default=None, help="checkpoint round (default: the latest complete one)")
+    ev.set_defaults(func=cmd_eval)
 
     rep = sub.add_parser("report", help="print the test matrix of the latest MLflow runs")
     rep.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db")

@@ -38,3 +38,14 @@ def test_bad_config_gives_one_clear_error_and_exit_code_2(tmp_path):
     assert out.returncode == 2
     assert "partition.alpha = -3" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_eval_scores_a_stored_checkpoint_and_names_missing_ones(tmp_path):
+    cfg = tiny_config_dict(tmp_path, train={"rounds": 2})
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
+    missing = _mmfl(["eval", "exp.yaml"], tmp_path)
+    assert missing.returncode == 2 and "no checkpoint of experiment tiny-fedavg-" in missing.stderr
+    assert _mmfl(["run", "exp.yaml", "--no-progress"], tmp_path).returncode == 0
+    out = _mmfl(["eval", "exp.yaml", "--round", "1"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "only:b" in out.stdout and "│ 1 " in out.stdout
