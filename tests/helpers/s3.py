@@ -75,6 +75,7 @@ def seaweedfs_s3(workdir: Path, access_key: str = "mmfl-test", secret_key: str =
            f"-filer.port={ports['filer']}", f"-filer.port.grpc={grpc['filer']}",
            f"-s3.port={ports['s3']}", f"-s3.port.grpc={grpc['s3']}", "-s3.port.iceberg=0", "-s3.port.lance=0",
            f"-admin.port={ports['admin']}", f"-admin.port.grpc={grpc['admin']}", "-admin.ui=false",
+           f"-filer.localSocket={workdir / 'filer.sock'}", f"-s3.localSocket={workdir / 's3.sock'}",
            "-webdav=false", f"-s3.config={config}"]
     log = workdir / "weed.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
