@@ -42,12 +42,15 @@ def build_experiment_pipeline(cfg: ExperimentConfig, rounds: int | None = None, 
             common = dict(config_json=config_json, start_round=start, offset=k)
             tag = f"round +{k + 1}"
             if fan_out:
+                # the loop body takes its round from the state artifact (start_round=-1): it gets no
+                # task-output parameter, which some runners (kfp.local) overwrite with the loop item
+                in_loop = dict(config_json=config_json, start_round=-1, offset=k)
                 with dsl.ParallelFor(items=list(range(slots)), name=f"clients-{k + 1}") as slot:
-                    train = configure(client_train(**common, state=state, client_slot=slot), settings, True,
+                    train = configure(client_train(**in_loop, state=state, client_slot=slot), settings, True,
                                       f"{tag} client_train")
                     ups = train.outputs["updates"]
                     if method.uses_prototypes:
-                        ups = configure(upload_prototypes(**common, state=state, updates=ups), settings, True,
+                        ups = configure(upload_prototypes(**in_loop, state=state, updates=ups), settings, True,
                                         f"{tag} upload_prototypes").outputs["uploads"]
                 agg = aggregate_collected(**common, updates=dsl.Collected(ups))
             else:

@@ -92,6 +92,8 @@ def test_fan_out_and_baseline_shapes(tmp_path):
     loops = [t for t in spec.root.dag.tasks.values() if t.HasField("parameter_iterator")]
     assert len(loops) == 2
     assert json_format.MessageToDict(loops[0].parameter_iterator)["items"]["raw"] == "[0, 1, 2, 3]"
+    for loop in loops:  # the loop body gets its round from the state artifact, not a task-output parameter
+        assert not any(p.HasField("task_output_parameter") for p in loop.inputs.parameters.values())
     assert all("accelerator" not in c.get("resources", {}) for c in containers(spec).values())
 
 

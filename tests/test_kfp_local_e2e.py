@@ -91,3 +91,28 @@ def test_pipeline_matches_local_engine(s3_server, mlflow_uri, tmp_path, monkeypa
         assert [v for _, v in got_hist[key]] == pytest.approx([v for _, v in ref_hist[key]], abs=1e-6)
     artifacts = {a.path for a in MlflowClient(mlflow_uri).list_artifacts(tracking["run_id"])}
     assert {"test_matrix.json", "result.json", "accuracy_vs_round.png"} <= artifacts
+
+
+@pytest.mark.skipif(os.environ.get("MMFL_SLOW_TESTS") != "1",
+                    reason="per-client fan-out under kfp.local takes minutes; set MMFL_SLOW_TESTS=1")
+def test_fan_out_pipeline_matches_local_engine(tmp_path, monkeypatch):
+    """One client_train task per sampled client (ParallelFor) and dsl.Collected fan-in."""
+    from kfp import local
+
+    from pipelines.experiment import build_experiment_pipeline
+
+    raw = tiny_config_dict(tmp_path, train={"rounds": 1})
+    cfg = parse_config({**raw, "storage": {"kind": "local", "root": str(tmp_path / "pipe")}})
+    ref = parse_config({**raw, "storage": {"kind": "local", "root": str(tmp_path / "ref")}})
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.chdir(tmp_path)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp-root"))
+    build_experiment_pipeline(cfg, fan_out=True)(config_json=json.dumps(cfg.model_dump(mode="json")))
+    run_experiment(ref, progress=False)
+    got, got_metrics = load_round(LocalStore(tmp_path / "pipe"), cfg.experiment_id(), 1)
+    want, want_metrics = load_round(LocalStore(tmp_path / "ref"), cfg.experiment_id(), 1)
+    assert got_metrics == want_metrics
+    for key, value in want.tensors.items():
+        torch.testing.assert_close(got.tensors[key], value, atol=1e-6, rtol=0)
+    updates = [k for k in LocalStore(tmp_path / "pipe").list(cfg.experiment_id()) if k.endswith("/update.json")]
+    assert len(updates) == 4  # one per client, each written by its own task

@@ -94,8 +94,8 @@ def test_per_client_slot_and_fan_in_equal_one_task(tmp_path):
     io.client_train_task(ja, 0, 0, str(tmp_path / "a-up"))
     io.aggregate_task(ja, 0, 0, [str(tmp_path / "a-up")], str(tmp_path / "a-agg"))
     slots = [str(tmp_path / f"b-up{i}") for i in range(4)]
-    for i, path in reversed(list(enumerate(slots))):
-        io.client_train_task(jb, 0, 0, path, client_slot=i)
+    for i, path in reversed(list(enumerate(slots))):  # inside a loop the round comes from the state manifest
+        io.client_train_task(jb, -1, 0, path, client_slot=i, state_manifest=str(tmp_path / "b-ck"))
     io.aggregate_task(jb, 0, 0, slots, str(tmp_path / "b-agg"))
     sa = LocalStore(a.storage.root).get_state(f"{a.experiment_id()}/rounds/00001/steps/aggregate")
     sb = LocalStore(b.storage.root).get_state(f"{b.experiment_id()}/rounds/00001/steps/aggregate")

@@ -83,6 +83,12 @@ def read_manifest(path: str) -> dict[str, Any]:
         raise ArtifactError(f"pipeline artifact {path!r}: not a readable manifest ({exc})") from None
 
 
+def _manifest_round(path: str | None) -> int:
+    if not path:
+        raise ArtifactError("start_round < 0 needs the incoming artifact's manifest to know the round")
+    return int(read_manifest(path)["round"])
+
+
 def _round_status(cfg: ExperimentConfig, store: ArtifactStore, round_index: int) -> str | None:
     """'beyond' past the last round, 'done' if already checkpointed, else None (work to do)."""
     if round_index > cfg.train.rounds:
@@ -168,10 +174,16 @@ def prepare_task(config_json: str, checkpoint_path: str) -> tuple[int, dict[str,
     return start, meta
 
 
-def client_train_task(config_json: str, start_round: int, offset: int, updates_path: str, client_slot: int = -1) -> dict[str, Any]:
-    """Local training of the round's sampled clients (all, or the one at ``client_slot``)."""
+def client_train_task(config_json: str, start_round: int, offset: int, updates_path: str, client_slot: int = -1,
+                      state_manifest: str | None = None) -> dict[str, Any]:
+    """Local training of the round's sampled clients (all, or the one at ``client_slot``).
+
+    Inside a per-client ParallelFor the round is taken from the incoming state's manifest
+    (``start_round < 0``), so the loop body needs no task-output parameter.
+    """
     cfg = load_cfg(config_json)
-    store, exp_id, r = store_of(cfg), cfg.experiment_id(), round_of(start_round, offset)
+    r = round_of(start_round, offset) if start_round >= 0 else _manifest_round(state_manifest) + 1
+    store, exp_id = store_of(cfg), cfg.experiment_id()
     status = _round_status(cfg, store, r)
     if status:
         return _skip(updates_path, exp_id, r, status)
@@ -198,7 +210,8 @@ def _read_updates(store: ArtifactStore, manifests: list[dict[str, Any]]) -> list
 def upload_prototypes_task(config_json: str, start_round: int, offset: int, updates_manifest: str, uploads_path: str) -> dict[str, Any]:
     """Each client's prototypes attached to its update (a no-op copy for methods without them)."""
     cfg = load_cfg(config_json)
-    store, exp_id, r = store_of(cfg), cfg.experiment_id(), round_of(start_round, offset)
+    r = round_of(start_round, offset) if start_round >= 0 else _manifest_round(updates_manifest)
+    store, exp_id = store_of(cfg), cfg.experiment_id()
     status = _round_status(cfg, store, r)
     if status:
         return _skip(uploads_path, exp_id, r, status)
