@@ -116,3 +116,24 @@ def test_fan_out_pipeline_matches_local_engine(tmp_path, monkeypatch):
         torch.testing.assert_close(got.tensors[key], value, atol=1e-6, rtol=0)
     updates = [k for k in LocalStore(tmp_path / "pipe").list(cfg.experiment_id()) if k.endswith("/update.json")]
     assert len(updates) == 4  # one per client, each written by its own task
+
+
+@pytest.mark.skipif(os.environ.get("MMFL_SLOW_TESTS") != "1",
+                    reason="the benchmark pipeline under kfp.local takes minutes; set MMFL_SLOW_TESTS=1")
+def test_benchmark_pipeline_runs(tmp_path, monkeypatch):
+    """ParallelFor over the grid parameter, a fresh store prefix per run, fan-in to compare."""
+    from kfp import local
+
+    from mmfl.kfp.benchmark import grid_configs
+    from pipelines.benchmark import build_benchmark_pipeline
+
+    cfg = parse_config(tiny_config_dict(tmp_path, train={"rounds": 1}))
+    cells = grid_configs(cfg, ["fedavg", "zerofill"], [0.5], [0])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.chdir(tmp_path)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp-root"))
+    build_benchmark_pipeline(cells, name="local")()
+    (run_dir,) = (Path(cfg.storage.root) / "benchmarks").iterdir()
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(c.experiment_id() for c in cells)
+    (report,) = (tmp_path / "kfp-root").glob("*/compare/report")
+    assert "fedavg" in report.read_text() and "zerofill" in report.read_text()
