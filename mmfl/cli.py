@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--experiment", default="mmfl")
     rep.add_argument("--limit", type=int, default=20)
     rep.set_defaults(func=cmd_report)
+
+    from mmfl.kfp.cli import register_kfp_commands
+
+    register_kfp_commands(sub)
     return parser
 
 

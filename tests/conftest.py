@@ -15,6 +15,7 @@ import torch  # noqa: E402
 
 from mmfl.config import parse_config
 from tests.helpers.servers import mlflow_server  # noqa: E402
+from tests.helpers.s3 import S3Server, seaweedfs_s3  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -24,6 +25,13 @@ def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A real ``mlflow server`` on 127.0.0.1 for the whole test session."""
     with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
         yield uri
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> S3Server:
+    """A real S3 server (SeaweedFS) on 127.0.0.1 with credential checks, for the whole session."""
+    with seaweedfs_s3(tmp_path_factory.mktemp("s3")) as server:
+        yield server
 
 
 def tiny_config_dict(tmp_path: Path, **sections) -> dict:

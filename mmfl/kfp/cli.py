@@ -1,0 +1,94 @@
+"""``mmfl compile | submit | schedule``: the Kubeflow commands, registered on the main parser."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+console = Console()
+
+
+def _options(args: argparse.Namespace):
+    from mmfl.kfp.compile import CompileOptions
+
+    return CompileOptions(rounds_per_run=args.rounds_per_run, fan_out=args.fan_out, max_tasks=args.max_tasks,
+                          image=args.image, gpus=args.gpus, methods=args.method or [], rates=args.rate or [],
+                          seeds=args.seed or [], benchmark_name=args.benchmark_name, parallelism=args.parallelism)
+
+
+def _config(args: argparse.Namespace):
+    from mmfl.config import load_config
+
+    return load_config(args.config, list(args.set or []))
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from mmfl.kfp.compile import compile_benchmark, compile_experiment
+
+    cfg, opts, out = _config(args), _options(args), Path(args.out)
+    path, rounds = compile_experiment(cfg, out / "experiment.yaml", opts)
+    console.print(f"wrote {path}  ({rounds} of {cfg.train.rounds} rounds per run)")
+    path, cells = compile_benchmark(cfg, out / "benchmark.yaml", opts)
+    console.print(f"wrote {path}  ({cells} benchmark cells)")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from mmfl.kfp.client import submit
+
+    done = submit(_config(args), args.host, experiment=args.experiment, opts=_options(args), benchmark=args.benchmark,
+                  chain=args.chain, namespace=args.namespace, log=console.print)
+    console.print(f"KFP experiment {done.experiment_id}: runs {', '.join(done.run_ids)}")
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from mmfl.kfp.client import schedule
+
+    job = schedule(_config(args), args.host, args.cron, name=args.name, experiment=args.experiment,
+                   opts=_options(args), benchmark=not args.experiment_pipeline, namespace=args.namespace)
+    console.print(f"recurring run {getattr(job, 'recurring_run_id', None)} ({args.cron})")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="experiment YAML file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field")
+    p.add_argument("--rounds-per-run", type=int, help="rounds unrolled in one run (default: fit --max-tasks)")
+    p.add_argument("--max-tasks", type=int, default=40, help="task budget of one run (Argo/etcd size limit)")
+    p.add_argument("--fan-out", action="store_true", help="one task per sampled client instead of one per round")
+    p.add_argument("--image", help="container image of every step (default $MMFL_IMAGE or the release image)")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs per GPU task; 0 = CPU nodes only")
+    p.add_argument("--method", action="append", help="benchmark grid: method (repeatable)")
+    p.add_argument("--rate", action="append", type=float, help="benchmark grid: training missing rate (repeatable)")
+    p.add_argument("--seed", action="append", type=int, help="benchmark grid: seed (repeatable)")
+    p.add_argument("--benchmark-name", default="benchmark")
+    p.add_argument("--parallelism", type=int, default=4, help="benchmark cells running at once")
+
+
+def register_kfp_commands(sub: argparse._SubParsersAction) -> None:
+    comp = sub.add_parser("compile", help="compile the experiment and benchmark pipelines to KFP v2 YAML")
+    _common(comp)
+    comp.add_argument("--out", default="build/pipelines", help="output folder")
+    comp.set_defaults(func=cmd_compile)
+
+    subm = sub.add_parser("submit", help="submit an experiment (or benchmark) run to Kubeflow Pipelines")
+    _common(subm)
+    subm.add_argument("--host", required=True, help="KFP API URL, e.g. http://localhost:8080")
+    subm.add_argument("--experiment", default="mmfl", help="KFP experiment name")
+    subm.add_argument("--namespace", help="profile namespace (multi-user Kubeflow)")
+    subm.add_argument("--benchmark", action="store_true", help="submit the benchmark grid instead")
+    subm.add_argument("--chain", action="store_true", help="wait for each segment and submit the next one")
+    subm.set_defaults(func=cmd_submit)
+
+    sch = sub.add_parser("schedule", help="create a recurring benchmark run (cron)")
+    _common(sch)
+    sch.add_argument("--host", required=True, help="KFP API URL")
+    sch.add_argument("--cron", required=True, help="cron expression, 5 fields or KFP's 6 (seconds first)")
+    sch.add_argument("--name", help="recurring run name")
+    sch.add_argument("--experiment", default="mmfl-benchmarks", help="KFP experiment name")
+    sch.add_argument("--namespace")
+    sch.add_argument("--experiment-pipeline", action="store_true", help="schedule the experiment pipeline instead")
+    sch.set_defaults(func=cmd_schedule)

@@ -1,0 +1,338 @@
+"""What each pipeline component does: read inputs from the store, call ONE round step, write outputs.
+
+The components in ``components/`` are thin shells that call one function here. Keeping the glue
+in the library means it is importable and testable without kfp, and the container image only
+needs mmfl installed.
+
+Store layout is the one of ``mmfl.engine.checkpoint`` so the local engine and the pipeline are
+interchangeable (either can resume the other's run):
+
+    <exp>/data/spec.json, data/client_00007.safetensors, data/test.safetensors
+    <exp>/rounds/00003/state.*, metrics.json                 checkpoint after round 3 (metrics last)
+    <exp>/rounds/00003/updates/client_00007/update.*         client_train output
+    <exp>/rounds/00003/uploads/client_00007/update.*         upload_prototypes output
+    <exp>/rounds/00003/steps/aggregate/state.*               aggregate output
+    <exp>/rounds/00003/steps/schedule/state.*                schedule output
+
+Every output is keyed by (experiment, round, step) and written with single-object puts, so a
+retried task finds its earlier output and returns it instead of recomputing. A segment task for a
+round that is already checkpointed, or beyond ``train.rounds``, does nothing.
+
+Artifacts passed between tasks are small JSON manifests naming the store keys they refer to; the
+tensors themselves stay in the store (MinIO in the cluster).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from mmfl.config import ExperimentConfig, parse_config
+from mmfl.data.missing import eval_patterns
+from mmfl.data.types import DataSpec, MultimodalDataset
+from mmfl.engine import steps
+from mmfl.engine.checkpoint import completed_rounds, latest_round, load_round, round_prefix, save_round
+from mmfl.engine.local import round_metrics
+from mmfl.engine.state import ClientUpdate
+from mmfl.errors import ArtifactError, ConfigError
+from mmfl.io.store import ArtifactStore, open_store
+from mmfl.io.tracking import NullTracker, open_tracker
+from mmfl.report import matrix_records, plot_history, training_setting
+
+
+# --- configuration and store ------------------------------------------------------------------
+def load_cfg(config_json: str) -> ExperimentConfig:
+    try:
+        data = json.loads(config_json)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config_json: not valid JSON ({exc})") from None
+    return parse_config(data, source="config_json")
+
+
+def store_of(cfg: ExperimentConfig) -> ArtifactStore:
+    s = cfg.storage
+    return open_store(s.kind, s.root, s.bucket, s.endpoint, s.secure)
+
+
+def round_of(start_round: int, offset: int) -> int:
+    """Round trained by the task at position ``offset`` of a segment that starts after ``start_round``."""
+    return start_round + offset + 1
+
+
+def client_key(exp_id: str, round_index: int, kind: str, client_id: int) -> str:
+    return f"{round_prefix(exp_id, round_index)}/{kind}/client_{client_id:05d}"
+
+
+def step_key(exp_id: str, round_index: int, step: str) -> str:
+    return f"{round_prefix(exp_id, round_index)}/steps/{step}"
+
+
+def write_manifest(path: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The artifact file a task hands to the next one; returns metadata for the KFP UI."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(manifest, sort_keys=True, indent=1))
+    return {k: v for k, v in manifest.items() if isinstance(v, (str, int, float, bool))}
+
+
+def read_manifest(path: str) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"pipeline artifact {path!r}: not a readable manifest ({exc})") from None
+
+
+def _manifest_round(path: str | None) -> int:
+    if not path:
+        raise ArtifactError("start_round < 0 needs the incoming artifact's manifest to know the round")
+    return int(read_manifest(path)["round"])
+
+
+def _round_status(cfg: ExperimentConfig, store: ArtifactStore, round_index: int) -> str | None:
+    """'beyond' past the last round, 'done' if already checkpointed, else None (work to do)."""
+    if round_index > cfg.train.rounds:
+        return "beyond"
+    if store.exists(f"{round_prefix(cfg.experiment_id(), round_index)}/metrics.json"):
+        return "done"
+    return None
+
+
+def _skip(path: str, exp_id: str, round_index: int, reason: str) -> dict[str, Any]:
+    return write_manifest(path, {"experiment_id": exp_id, "round": round_index, "skipped": reason,
+                                 "state": round_prefix(exp_id, round_index)})
+
+
+# --- data shards in the store -------------------------------------------------------------------
+def data_key(exp_id: str, name: str) -> str:
+    return f"{exp_id}/data/{name}"
+
+
+def ensure_data(cfg: ExperimentConfig, store: ArtifactStore) -> DataSpec:
+    """Write the prepared shards once; ``spec.json`` goes last and marks them complete."""
+    exp_id = cfg.experiment_id()
+    if store.exists(data_key(exp_id, "spec.json")):
+        return DataSpec.from_json(store.get_json(data_key(exp_id, "spec.json")))
+    data = steps.prepare_data(cfg)
+    for cid, shard in enumerate(data.clients):
+        store.put_tensors(data_key(exp_id, f"client_{cid:05d}.safetensors"), shard.to_tensors())
+    store.put_tensors(data_key(exp_id, "test.safetensors"), data.test.to_tensors())
+    store.put_json(data_key(exp_id, "spec.json"), data.spec.to_json())
+    return data.spec
+
+
+def load_spec(store: ArtifactStore, exp_id: str) -> DataSpec:
+    return DataSpec.from_json(store.get_json(data_key(exp_id, "spec.json")))
+
+
+def load_shards(store: ArtifactStore, exp_id: str, client_ids: list[int]) -> dict[int, MultimodalDataset]:
+    spec = load_spec(store, exp_id)
+    return {cid: MultimodalDataset.from_tensors(spec, store.get_tensors(data_key(exp_id, f"client_{cid:05d}.safetensors")))
+            for cid in client_ids}
+
+
+def load_test(store: ArtifactStore, exp_id: str) -> MultimodalDataset:
+    return MultimodalDataset.from_tensors(load_spec(store, exp_id), store.get_tensors(data_key(exp_id, "test.safetensors")))
+
+
+# --- tracking -------------------------------------------------------------------------------------
+def _tracker(cfg: ExperimentConfig, store: ArtifactStore):
+    """Open this experiment's MLflow run (one per experiment, its id kept in the store; created if absent)."""
+    tracker = open_tracker(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment)
+    if isinstance(tracker, NullTracker):
+        return tracker
+    exp_id = cfg.experiment_id()
+    key = f"{exp_id}/tracking.json"
+    previous = store.get_json(key) if store.exists(key) else {}
+    run_id = tracker.start(
+        run_name=f"{cfg.name}/{cfg.method.name}/s{cfg.seed}",
+        params=cfg.model_dump(mode="json"),
+        tags={"mmfl.experiment_id": exp_id, "mmfl.method": cfg.method.name,
+              "mmfl.train_missing": training_setting(cfg.missing.model_dump()), "mmfl.engine": "kfp"},
+        run_id=previous.get("run_id"),
+    )
+    if run_id != previous.get("run_id"):
+        store.put_json(key, {"run_id": run_id, "tracking_uri": getattr(tracker, "uri", None)})
+    return tracker
+
+
+# --- the tasks --------------------------------------------------------------------------------------
+def prepare_task(config_json: str, checkpoint_path: str) -> tuple[int, dict[str, Any]]:
+    """Data shards and the starting checkpoint (initial state, or the latest completed round)."""
+    cfg = load_cfg(config_json)
+    store, exp_id = store_of(cfg), cfg.experiment_id()
+    spec = ensure_data(cfg, store)
+    start = latest_round(store, exp_id)
+    if start is None:
+        save_round(store, exp_id, steps.init_state(cfg, spec), {"eval": None})
+        store.put_json(f"{exp_id}/config.json", cfg.model_dump(mode="json"))
+        start = 0
+    if start < cfg.train.rounds:
+        _tracker(cfg, store)
+    meta = write_manifest(checkpoint_path, {"experiment_id": exp_id, "round": start, "state": round_prefix(exp_id, start),
+                                            "store": repr(store), "rounds_total": cfg.train.rounds})
+    return start, meta
+
+
+def client_train_task(config_json: str, start_round: int, offset: int, updates_path: str, client_slot: int = -1,
+                      state_manifest: str | None = None) -> dict[str, Any]:
+    """Local training of the round's sampled clients (all, or the one at ``client_slot``).
+
+    Inside a per-client ParallelFor the round is taken from the incoming state's manifest
+    (``start_round < 0``), so the loop body needs no task-output parameter.
+    """
+    cfg = load_cfg(config_json)
+    r = round_of(start_round, offset) if start_round >= 0 else _manifest_round(state_manifest) + 1
+    store, exp_id = store_of(cfg), cfg.experiment_id()
+    status = _round_status(cfg, store, r)
+    if status:
+        return _skip(updates_path, exp_id, r, status)
+    clients = steps.sample_clients(cfg, r)
+    if client_slot >= 0:
+        if client_slot >= len(clients):
+            raise ConfigError(f"client_slot = {client_slot}: round {r} samples only {len(clients)} clients")
+        clients = [clients[client_slot]]
+    keys = [client_key(exp_id, r, "updates", c) for c in clients]
+    if not all(store.exists(f"{k}/update.json") for k in keys):
+        state, _ = load_round(store, exp_id, r - 1)
+        updates = steps.client_train(cfg, state, load_shards(store, exp_id, clients), clients)
+        for key, update in zip(keys, updates):
+            store.put_update(key, update)
+    return write_manifest(updates_path, {"experiment_id": exp_id, "round": r, "clients": clients, "updates": keys,
+                                         "num_clients": len(clients)})
+
+
+def _read_updates(store: ArtifactStore, manifests: list[dict[str, Any]]) -> list[ClientUpdate]:
+    keys = [k for m in manifests for k in m.get("updates", [])]
+    return [store.get_update(k) for k in keys]
+
+
+def upload_prototypes_task(config_json: str, start_round: int, offset: int, updates_manifest: str, uploads_path: str) -> dict[str, Any]:
+    """Each client's prototypes attached to its update (a no-op copy for methods without them)."""
+    cfg = load_cfg(config_json)
+    r = round_of(start_round, offset) if start_round >= 0 else _manifest_round(updates_manifest)
+    store, exp_id = store_of(cfg), cfg.experiment_id()
+    status = _round_status(cfg, store, r)
+    if status:
+        return _skip(uploads_path, exp_id, r, status)
+    manifest = read_manifest(updates_manifest)
+    clients = list(manifest["clients"])
+    keys = [client_key(exp_id, r, "uploads", c) for c in clients]
+    if not all(store.exists(f"{k}/update.json") for k in keys):
+        state, _ = load_round(store, exp_id, r - 1)
+        updates = _read_updates(store, [manifest])
+        out = steps.upload_prototypes(cfg, state, load_shards(store, exp_id, clients), updates)
+        for key, update in zip(keys, out):
+            store.put_update(key, update)
+    return write_manifest(uploads_path, {"experiment_id": exp_id, "round": r, "clients": clients, "updates": keys,
+                                         "num_clients": len(clients)})
+
+
+def aggregate_task(config_json: str, start_round: int, offset: int, updates_manifests: list[str], state_path: str) -> dict[str, Any]:
+    """Server aggregation of the round's updates (one manifest, or one per client after fan-out)."""
+    cfg = load_cfg(config_json)
+    store, exp_id, r = store_of(cfg), cfg.experiment_id(), round_of(start_round, offset)
+    status = _round_status(cfg, store, r)
+    if status:
+        return _skip(state_path, exp_id, r, status)
+    key = step_key(exp_id, r, "aggregate")
+    if not store.exists(f"{key}/state.json"):
+        manifests = [read_manifest(p) for p in updates_manifests]
+        updates = _read_updates(store, manifests)
+        order = {c: i for i, c in enumerate(steps.sample_clients(cfg, r))}
+        updates.sort(key=lambda u: order.get(u.client_id, len(order) + u.client_id))  # fan-in order is arbitrary
+        state, _ = load_round(store, exp_id, r - 1)
+        store.put_state(key, steps.aggregate(cfg, state, updates))
+    return write_manifest(state_path, {"experiment_id": exp_id, "round": r, "state": key})
+
+
+def schedule_task(config_json: str, start_round: int, offset: int, state_manifest: str, state_path: str) -> dict[str, Any]:
+    """Server-side scheduling for the next round (FlexMod's DDPG); identity for other methods."""
+    cfg = load_cfg(config_json)
+    store, exp_id, r = store_of(cfg), cfg.experiment_id(), round_of(start_round, offset)
+    status = _round_status(cfg, store, r)
+    if status:
+        return _skip(state_path, exp_id, r, status)
+    key = step_key(exp_id, r, "schedule")
+    if not store.exists(f"{key}/state.json"):
+        state = store.get_state(read_manifest(state_manifest)["state"])
+        store.put_state(key, steps.schedule(cfg, state))
+    return write_manifest(state_path, {"experiment_id": exp_id, "round": r, "state": key})
+
+
+def evaluate_task(config_json: str, start_round: int, offset: int, state_manifest: str, checkpoint_path: str) -> tuple[dict[str, Any], dict[str, float]]:
+    """Evaluate (when due), log to MLflow, then commit the round checkpoint (metrics.json last)."""
+    cfg = load_cfg(config_json)
+    store, exp_id, r = store_of(cfg), cfg.experiment_id(), round_of(start_round, offset)
+    status = _round_status(cfg, store, r)
+    evaluation: dict[str, Any] | None = None
+    if status is None:
+        state = store.get_state(read_manifest(state_manifest)["state"])
+        if state.round != r:
+            raise ArtifactError(f"state for round {r} has round = {state.round}")
+        evaluation = steps.evaluate(cfg, state, load_test(store, exp_id)) if steps.should_evaluate(cfg, r) else None
+        loss = state.meta["history"][-1]["train_loss"]
+        tracker = _tracker(cfg, store)
+        tracker.log_metrics(round_metrics(r, state.meta["history"][-1], evaluation), step=r)  # before the commit:
+        save_round(store, exp_id, state, {"eval": evaluation, "train_loss": loss})         # a retry re-logs
+        if r == cfg.train.rounds:
+            finalize(cfg, store, tracker)
+    elif status == "done":
+        evaluation = load_round(store, exp_id, r)[1].get("eval")
+        if r == cfg.train.rounds and not _finalized(store, exp_id):
+            finalize(cfg, store, _tracker(cfg, store))
+    else:
+        return _skip(checkpoint_path, exp_id, r, status), {}
+    meta = write_manifest(checkpoint_path, {"experiment_id": exp_id, "round": r, "state": round_prefix(exp_id, r),
+                                            "evaluated": evaluation is not None})
+    flat = {f"{kind}_{pattern.replace(':', '_')}": v[kind] for pattern, v in (evaluation or {}).items() for kind in ("acc", "f1")}
+    return meta, flat
+
+
+def _finalized(store: ArtifactStore, exp_id: str) -> bool:
+    key = f"{exp_id}/tracking.json"
+    return store.exists(key) and bool(store.get_json(key).get("finished"))
+
+
+def finalize(cfg: ExperimentConfig, store: ArtifactStore, tracker: Any) -> None:
+    """After the last round: the test matrix, result and accuracy plot in the MLflow run; run finished."""
+    exp_id = cfg.experiment_id()
+    history = [load_round(store, exp_id, r)[1] for r in completed_rounds(store, exp_id) if r > 0]
+    final = history[-1]["eval"] if history else None
+    if not isinstance(tracker, NullTracker) and final is not None:
+        patterns = eval_patterns(load_spec(store, exp_id).names, cfg.eval.patterns)
+        row = {"method": cfg.method.name, "train": training_setting(cfg.missing.model_dump()), "seed": cfg.seed,
+               "round": cfg.train.rounds, "results": final}
+        tracker.log_table(matrix_records([row], patterns), "test_matrix.json")
+        tracker.log_dict({"experiment_id": exp_id, "final": final, "store": repr(store),
+                          "checkpoint": round_prefix(exp_id, cfg.train.rounds)}, "result.json")
+        fig = plot_history(history, patterns, f"{cfg.method.name} — train {training_setting(cfg.missing.model_dump())}")
+        tracker.log_figure(fig, "accuracy_vs_round.png")
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    tracker.finish("FINISHED")
+    key = f"{exp_id}/tracking.json"
+    doc = store.get_json(key) if store.exists(key) else {}
+    store.put_json(key, {**doc, "finished": True})
+
+
+# --- segments ----------------------------------------------------------------------------------------
+def steps_per_round(cfg: ExperimentConfig, fan_out: bool = False) -> int:
+    """Pipeline tasks one round costs: train, [prototypes], aggregate, [schedule], evaluate."""
+    method = steps.method_of(cfg)
+    per_client = 1 + int(method.uses_prototypes)
+    clients = len(steps.sample_clients(cfg, 1)) if fan_out else 1
+    return per_client * clients + 2 + int(method.uses_schedule)
+
+
+def segment_rounds(cfg: ExperimentConfig, max_tasks: int = 40, fan_out: bool = False) -> int:
+    """Rounds one pipeline run unrolls so that it stays within ``max_tasks`` tasks (one is prepare)."""
+    per = steps_per_round(cfg, fan_out)
+    if max_tasks - 1 < per:
+        raise ConfigError(f"max_tasks = {max_tasks}: one round of {cfg.method.name} needs {per} tasks plus 1")
+    return max(1, min(cfg.train.rounds, (max_tasks - 1) // per))
+
+
+def segments_needed(cfg: ExperimentConfig, rounds_per_segment: int, done: int = 0) -> int:
+    return math.ceil(max(0, cfg.train.rounds - done) / rounds_per_segment)

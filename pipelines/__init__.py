@@ -1,0 +1,1 @@
+"""KFP v2 pipelines: the experiment pipeline (a segment of rounds) and the benchmark grid."""
