@@ -35,6 +35,7 @@ from mmfl.data.types import DataSpec, MultimodalDataset
 from mmfl.engine import steps
 from mmfl.engine.checkpoint import completed_rounds, latest_round, load_round, round_prefix, save_round
 from mmfl.engine.local import round_metrics
+from mmfl.engine.robust import clients_summary, record_round_clients
 from mmfl.engine.state import ClientUpdate
 from mmfl.errors import ArtifactError, ConfigError
 from mmfl.io.store import ArtifactStore, open_store
@@ -242,7 +243,7 @@ def aggregate_task(config_json: str, start_round: int, offset: int, updates_mani
         order = {c: i for i, c in enumerate(steps.sample_clients(cfg, r))}
         updates.sort(key=lambda u: order.get(u.client_id, len(order) + u.client_id))  # fan-in order is arbitrary
         state, _ = load_round(store, exp_id, r - 1)
-        store.put_state(key, steps.aggregate(cfg, state, updates))
+        store.put_state(key, steps.aggregate(cfg, state, updates, expected_clients=list(order)))
     return write_manifest(state_path, {"experiment_id": exp_id, "round": r, "state": key})
 
 
@@ -273,8 +274,10 @@ def evaluate_task(config_json: str, start_round: int, offset: int, state_manifes
         evaluation = steps.evaluate(cfg, state, load_test(store, exp_id)) if steps.should_evaluate(cfg, r) else None
         loss = state.meta["history"][-1]["train_loss"]
         tracker = _tracker(cfg, store)
+        clients = clients_summary(state)
         tracker.log_metrics(round_metrics(r, state.meta["history"][-1], evaluation), step=r)  # before the commit:
-        save_round(store, exp_id, state, {"eval": evaluation, "train_loss": loss})         # a retry re-logs
+        record_round_clients(tracker, r, clients)                                              # a retry re-logs
+        save_round(store, exp_id, state, {"eval": evaluation, "train_loss": loss, "clients": clients})
         if r == cfg.train.rounds:
             finalize(cfg, store, tracker)
     elif status == "done":
