@@ -32,10 +32,14 @@ def test_chart_lint_template_validate(tmp_path):
     run([helm, "lint", "--strict", str(CHART)])
     run([helm, "lint", "--strict", str(CHART), "--set", "pipelineNamespace=kubeflow",
          "--set", "mlflow.username=u", "--set", "mlflow.password=p"])
+    run([helm, "lint", "--strict", str(CHART), "--set", "pipelineNamespace=kubeflow",
+         "--set", "minio.existingSecret=site-minio", "--set", "postgres.existingSecret=site-pg"])
     validate = venv_tool("kubernetes-validate")
     assert validate, "kubernetes-validate is not installed"
     for i, sets in enumerate([(), ("pipelineNamespace=kubeflow", "mlflow.username=u", "mlflow.password=p",
-                                   "minio.storageClass=fast")]):
+                                   "minio.storageClass=fast"),
+                              ("pipelineNamespace=kubeflow", "minio.existingSecret=site-minio",
+                               "postgres.existingSecret=site-pg")]):
         rendered = tmp_path / f"rendered{i}.yaml"
         rendered.write_text(render(helm, *sets))
         out = run([validate, "--strict", str(rendered)])

@@ -116,3 +116,50 @@ def test_existing_secret_is_honoured():
         "MLflow does not read minio.existingSecret"
     generated = {w for w in secret_passwords(docs) if w[1] == "secretkey"}
     assert generated == set(), f"Secrets {sorted(generated)} carry a generated MinIO password that the server does not use"
+
+
+def env_sources(docs: list[dict[str, Any]]) -> dict[str, set[tuple[str, str]]]:
+    """{env name: {(Secret name, key)}} over every container of every workload."""
+    out: dict[str, set[tuple[str, str]]] = {}
+    for d in docs:
+        spec = d.get("spec", {}).get("template", {}).get("spec", {})
+        for c in spec.get("containers", []) + spec.get("initContainers", []):
+            for e in c.get("env", []):
+                ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+                if ref:
+                    out.setdefault(e["name"], set()).add((ref["name"], ref["key"]))
+    return out
+
+
+def test_existing_secrets_replace_every_generated_credential():
+    """Both servers on the installer's Secrets: every reader points there and nothing is generated."""
+    docs = documents("minio.existingSecret=site-minio", "postgres.existingSecret=site-pg",
+                     "pipelineNamespace=kubeflow")
+    assert secret_passwords(docs) == {}, "a password was generated although both Secrets are given"
+    secrets = {d["metadata"]["name"] for d in docs if d["kind"] == "Secret"}
+    assert not secrets & {"mmfl-mmfl-minio", "mmfl-mmfl-postgres"}, secrets
+    sources = env_sources(docs)
+    for env in ("MINIO_ROOT_USER", "ACCESS_KEY", "AWS_ACCESS_KEY_ID"):
+        assert sources[env] == {("site-minio", "accesskey")}, (env, sources[env])
+    for env in ("MINIO_ROOT_PASSWORD", "SECRET_KEY", "AWS_SECRET_ACCESS_KEY"):
+        assert sources[env] == {("site-minio", "secretkey")}, (env, sources[env])
+    assert sources["POSTGRES_USER"] == sources["PG_USER"] == {("site-pg", "user")}
+    assert sources["POSTGRES_PASSWORD"] == sources["PGPASSWORD"] == {("site-pg", "password")}
+    assert {name for refs in sources.values() for name, _ in refs} == {"site-minio", "site-pg"}
+    # a PostgreSQL Secret alone leaves the MinIO password generated and shared by its readers
+    pg_only = documents("postgres.existingSecret=site-pg")
+    assert {w[0] for w in secret_passwords(pg_only)} == {"mmfl-mmfl-minio", "mmfl-minio"}
+    assert secret_refs(pg_only, "MINIO_ROOT_PASSWORD") == {"mmfl-mmfl-minio"}
+
+
+def test_database_password_is_not_on_the_command_line():
+    """MLflow gets the PostgreSQL password from the environment (libpq's PGPASSWORD), not from argv."""
+    for sets, secret in (((), "mmfl-mmfl-postgres"), (("postgres.existingSecret=site-pg",), "site-pg")):
+        docs = documents(*sets)
+        mlflow = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "mmfl-mmfl-mlflow")
+        container = mlflow["spec"]["template"]["spec"]["containers"][0]
+        argv = " ".join(container.get("command", []) + container["args"])
+        uri = next(a for a in container["args"] if a.startswith("--backend-store-uri="))
+        userinfo = uri.split("://", 1)[1].split("@", 1)[0]
+        assert ":" not in userinfo and "PASSWORD" not in argv.upper(), argv
+        assert env_sources(docs)["PGPASSWORD"] == {(secret, "password")}

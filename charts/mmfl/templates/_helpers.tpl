@@ -29,9 +29,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-mlflow.%s.svc.cluster.local" (include "mmfl.fullname" .) .Release.Namespace -}}
 {{- end -}}
 
-{{/* The MinIO root Secret in the release namespace: given, existing (kept on upgrade) or generated. */}}
+{{/*
+The MinIO root Secret in the release namespace that every MinIO client reads: the installer's
+minio.existingSecret (keys accesskey, secretkey), else the chart's own <fullname>-minio.
+*/}}
 {{- define "mmfl.minio.secretName" -}}
 {{- default (printf "%s-minio" (include "mmfl.fullname" .)) .Values.minio.existingSecret -}}
+{{- end -}}
+
+{{/* The PostgreSQL Secret (keys user, password): postgres.existingSecret, else <fullname>-postgres. */}}
+{{- define "mmfl.postgres.secretName" -}}
+{{- default (printf "%s-postgres" (include "mmfl.fullname" .)) .Values.postgres.existingSecret -}}
 {{- end -}}
 
 {{- define "mmfl.minio.password" -}}
