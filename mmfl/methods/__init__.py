@@ -13,6 +13,9 @@ _REGISTRY: dict[str, str] = {
     "fedavg": "mmfl.methods.fedavg",
     "fedprox": "mmfl.methods.fedprox",
     "zerofill": "mmfl.methods.zerofill",
+    "pmcmfl": "mmfl.methods.pmcmfl",
+    "threefm": "mmfl.methods.threefm",
+    "flexmod": "mmfl.methods.flexmod",
 }
 
 
