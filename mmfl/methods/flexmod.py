@@ -221,7 +221,7 @@ class FlexMod(Method):
         obs = [*importance.tolist(), *quality.tolist(), float(fm["beta"]), progress]
 
         agent = DDPGAgent.from_tensors(state.tensors, fm["agent"], AGENT)
-        gen = torch.Generator().manual_seed(ctx.seed(0xDD))
+        gen = torch.Generator().manual_seed(derive_seed(ctx.cfg.seed, ctx.round, 0xDD))  # server: no client id
         reward, losses = None, {}
         if fm.get("obs") is not None and fm.get("val_acc") is not None:
             reward = p.reward_scale * (stats["val_acc"] - fm["val_acc"])

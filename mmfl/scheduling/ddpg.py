@@ -104,7 +104,7 @@ class DDPGAgent:
             self.actor_opt.step()
             self._soft_update()
             self.updates += 1
-            c_loss, a_loss = float(critic_loss), float(actor_loss)
+            c_loss, a_loss = float(critic_loss.detach()), float(actor_loss.detach())
         return {"critic_loss": c_loss, "actor_loss": a_loss}
 
     @torch.no_grad()
