@@ -53,7 +53,9 @@ class FlexModParams(BaseModel):
     min_frequency: float = Field(0.05, ge=0, lt=1, description="Lower bound of each combination's share of steps (chosen)")
     reg: float = Field(1.0, ge=0, description="Quadratic spreading term of the allocation program (chosen)")
     val_fraction: float = Field(
-        0.1, gt=0, lt=1, description="Share of each client's shard held out for Shapley values and the reward (chosen)")
+        0.1, ge=0, lt=1,
+        description=("Share of each client's shard held out for Shapley values and the reward (chosen); 0 = evaluate "
+                     "on the training shard itself (no held-out data, a weaker signal)"))
     initial_beta: float = Field(0.5, ge=0, le=1, description="beta before the agent has acted (round 1)")
     reward_scale: float = Field(100.0, gt=0, description="Reward = scale * validation-accuracy gain (in points; chosen)")
     ddpg_hidden: int = Field(64, ge=1, description="Actor/critic hidden width (DDPG default-style choice)")
@@ -82,7 +84,7 @@ def combination_weights(beta: float, importance: np.ndarray, quality: np.ndarray
 def split_validation(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(train indices, validation indices), fixed per (experiment seed, client)."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    k = min(max(1, int(round(fraction * n))), n - 1) if n > 1 else 0
+    k = min(max(1, int(round(fraction * n))), n - 1) if n > 1 and fraction > 0 else 0
     return perm[k:].sort().values, perm[:k].sort().values
 
 
@@ -145,6 +147,8 @@ class FlexMod(Method):
         model = self.load_model(state.model_weights(), ctx)
         train_idx, val_idx = split_validation(len(shard), p.val_fraction, derive_seed(ctx.cfg.seed, ctx.client_id, 0x7A1))
         train, val = shard.subset(train_idx), shard.subset(val_idx)
+        if p.val_fraction == 0:
+            train = val = shard
         values = subset_accuracies(model, val, ctx.spec.names)
         metrics = self.train_scheduled(model, train, ctx, state.tensors[ALLOC].numpy())
         full_key = coalition_key(frozenset(range(len(ctx.spec.names))), len(ctx.spec.names))
