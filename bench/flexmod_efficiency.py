@@ -67,10 +67,15 @@ def smooth(acc: list[float], window: int) -> list[float]:
     return [float(np.mean(acc[max(0, i - window + 1) : i + 1])) for i in range(len(acc))]
 
 
-def reach_table(runs: dict[int, dict], args, window: int) -> Table:
-    """Per seed: encoder updates each method needs to first reach FedAvg's final accuracy (both smoothed alike)."""
-    what = "raw accuracy" if window == 1 else f"accuracy as trailing mean of {window} rounds, both methods"
-    table = Table(title=f"Encoder updates to first reach FedAvg's final ({args.rounds}-round) full-modality accuracy; {what}")
+def reach_table(runs: dict[int, dict], args, window: int, tol: float) -> Table:
+    """Per seed: encoder updates each method needs to first reach FedAvg's final accuracy minus ``tol`` points.
+
+    Both accuracy curves are smoothed alike (trailing mean over ``window`` rounds); ``tol`` allows
+    for test-set noise (400 test samples: one standard error of a 97% accuracy is about 0.85 points).
+    """
+    what = "raw accuracy" if window == 1 else f"accuracy as trailing mean of {window} rounds (both methods)"
+    table = Table(title=f"Encoder updates to first reach FedAvg's final ({args.rounds}-round) full-modality accuracy"
+                        f"{f' minus {tol:g} points' if tol else ''}; {what}")
     for col in ("seed", "target acc %", "FedAvg round", "FedAvg enc. updates", "FlexMod round", "FlexMod enc. updates",
                 "FlexMod/FedAvg", "final acc % FedAvg / FlexMod", "FlexMod total enc. updates / FedAvg's"):
         table.add_column(col, justify="right")
@@ -78,7 +83,7 @@ def reach_table(runs: dict[int, dict], args, window: int) -> Table:
     for seed, r in runs.items():
         fa, fm = r["fedavg"], r["flexmod"]
         acc_a, acc_f = smooth(fa["acc"], window), smooth(fm["acc"], window)
-        target = acc_a[-1]
+        target = acc_a[-1] - tol / 100
         ra, ua = first_reach(acc_a, fa["cum"], target)
         rf, uf = first_reach(acc_f, fm["cum"], target)
         ratio = uf / ua if uf is not None else None
@@ -104,6 +109,8 @@ def main() -> None:
     ap.add_argument("--modalities", nargs="+", default=["fou", "kar"])
     ap.add_argument("--flexmod-param", action="append", default=[], help="FlexMod param override, e.g. budget=0.6")
     ap.add_argument("--window", type=int, default=3, help="also compare accuracies smoothed over this many rounds")
+    ap.add_argument("--tolerance", type=float, default=1.0,
+                    help="points below FedAvg's final accuracy that count as reaching it in the smoothed comparison")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw curves and schedules here")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--plot", type=Path, default=Path("flexmod_efficiency.png"))
@@ -132,8 +139,8 @@ def main() -> None:
     elapsed = time.time() - t0
 
     combos = ["+".join(c) for c in runs[args.seeds[0]]["flexmod"]["sched"]["combinations"]]
-    for window in sorted({1, args.window}):
-        console.print(reach_table(runs, args, window))
+    console.print(reach_table(runs, args, 1, 0.0))
+    console.print(reach_table(runs, args, args.window, args.tolerance))
     for seed, r in runs.items():
         t = Table(title=f"seed {seed}: per round (allocation = share of local steps per modality combination)")
         for col in ("round", "FedAvg acc %", "FedAvg cum. enc.", "FlexMod acc %", "FlexMod cum. enc.", "beta_r",
@@ -173,11 +180,13 @@ def plot(runs: dict[int, dict], args):
     from matplotlib import pyplot as plt
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
-    for seed, r in runs.items():
+    for i, (seed, r) in enumerate(runs.items()):
+        color = f"C{i}"  # one colour per seed; dashed FedAvg, solid FlexMod
         for method, style in (("fedavg", "--"), ("flexmod", "-")):
-            ax.plot(r[method]["cum"], [100 * a for a in r[method]["acc"]], style, marker=".", label=f"{method} s{seed}")
+            ax.plot(r[method]["cum"], [100 * a for a in r[method]["acc"]], style, color=color, marker=".",
+                    label=f"{method} s{seed}")
         bx.plot([h["round"] for h in r["flexmod"]["sched"]["history"]], [h["beta"] for h in r["flexmod"]["sched"]["history"]],
-                marker=".", label=f"beta_r s{seed}")
+                color=color, marker=".", label=f"beta_r s{seed}")
     ax.set_xlabel("cumulative encoder updates")
     ax.set_ylabel("test accuracy, full modalities (%)")
     ax.set_title(f"mfeat {'+'.join(args.modalities)}, mixed@{args.rate:.2f}")

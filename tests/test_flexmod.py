@@ -9,6 +9,7 @@ from mmfl.engine.checkpoint import load_round
 from mmfl.engine.local import run_experiment
 from mmfl.io.store import LocalStore
 from tests.conftest import tiny_config_dict
+from tests.helpers.threads import one_torch_thread  # noqa: F401  (autouse fixture)
 
 
 def _cfg(root, rounds=2):

@@ -14,6 +14,7 @@ from mmfl.scheduling import (
     shapley_values, step_plan,
 )
 from mmfl.scheduling.allocation import step_counts
+from tests.helpers.threads import one_torch_thread  # noqa: F401  (autouse fixture)
 
 
 def test_shapley_of_additive_game_is_each_players_own_value():

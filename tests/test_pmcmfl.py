@@ -16,6 +16,7 @@ from mmfl.methods.base import Context
 from mmfl.methods.pmcmfl_losses import prototype_contrastive_loss, task_calibrated_loss
 from mmfl.methods.prototypes import aggregate_prototypes, compute_prototypes, library
 from tests.conftest import tiny_config_dict
+from tests.helpers.threads import one_torch_thread  # noqa: F401  (autouse fixture)
 
 
 def test_task_calibrated_loss_weights_masked_samples():

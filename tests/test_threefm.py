@@ -12,6 +12,7 @@ from mmfl.methods import get_method
 from mmfl.methods.base import Context
 from mmfl.methods.threefm import ThreeFMParams, inner_adapt, meta_gradient, split_support_query
 from tests.conftest import tiny_config_dict
+from tests.helpers.threads import one_torch_thread  # noqa: F401  (autouse fixture)
 
 
 def _model_and_batches(tmp_path):
