@@ -7,7 +7,7 @@ seed the table reports the encoder updates each method needed to first reach Fed
 full-modality accuracy; FlexMod's beta_r and its allocation of local steps over modality
 combinations are printed per round. The plot goes to --plot and, with --mlflow URI, to MLflow.
 
-    python bench/flexmod_efficiency.py --seeds 0 1 2 --rounds 15
+    python bench/flexmod_efficiency.py --seeds 0 1 2 --rounds 15 --flexmod-rounds 25
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--rounds", type=int, default=15, help="FedAvg rounds; its final accuracy is the target")
-    ap.add_argument("--flexmod-rounds", type=int, default=20,
+    ap.add_argument("--flexmod-rounds", type=int, default=25,
                     help="FlexMod rounds (more rounds, each with fewer encoder updates)")
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--rate", type=float, default=0.5)

@@ -48,12 +48,12 @@ class FlexModParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     budget: float = Field(
-        0.75, gt=0, le=1,
-        description="Encoder updates per local step as a share of updating every encoder every step (chosen: 0.75)")
+        0.6, gt=0, le=1,
+        description="Encoder updates per local step as a share of updating every encoder every step (chosen: 0.6)")
     min_frequency: float = Field(0.05, ge=0, lt=1, description="Lower bound of each combination's share of steps (chosen)")
     reg: float = Field(1.0, ge=0, description="Quadratic spreading term of the allocation program (chosen)")
     val_fraction: float = Field(
-        0.1, ge=0, lt=1,
+        0.05, ge=0, lt=1,
         description=("Share of each client's shard held out for Shapley values and the reward (chosen); 0 = evaluate "
                      "on the training shard itself (no held-out data, a weaker signal)"))
     initial_beta: float = Field(0.5, ge=0, le=1, description="beta before the agent has acted (round 1)")
