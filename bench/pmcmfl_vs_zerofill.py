@@ -57,7 +57,7 @@ def main() -> None:
     if "zerofill" not in args.baselines:
         ap.error("--baselines must include zerofill (the reference of the comparison)")
     torch.set_num_threads(args.threads)
-    console = Console()
+    console = Console(width=160)
     results: dict[str, dict[int, dict[str, float]]] = {}
     patterns: list[str] = []
     t0 = time.time()
