@@ -50,3 +50,20 @@ def test_flexmod_resume_equals_uninterrupted_run(tmp_path):
     for k in a.tensors:
         assert torch.equal(a.tensors[k], b.tensors[k]), k
     assert a.meta["flexmod"] == b.meta["flexmod"]
+
+
+def test_bad_method_params_name_field_and_value(tmp_path):
+    import pytest
+
+    from mmfl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"method\.params\.budget.*1\.5"):
+        parse_config(tiny_config_dict(tmp_path, method={"name": "flexmod", "params": {"budget": 1.5}}))
+    with pytest.raises(ConfigError, match=r"method\.params\.inference"):
+        parse_config(tiny_config_dict(tmp_path, method={"name": "pmcmfl", "params": {"inference": "l3"}}))
+    with pytest.raises(ConfigError, match=r"method\.params\.inner_lr_typo"):
+        parse_config(tiny_config_dict(tmp_path, method={"name": "threefm", "params": {"inner_lr_typo": 0.1}}))
+    # a budget no allocation can meet is reported when the experiment starts, naming the field
+    cfg = parse_config(tiny_config_dict(tmp_path, method={"name": "flexmod", "params": {"budget": 0.3}}))
+    with pytest.raises(ConfigError, match=r"budget = 0\.3"):
+        run_experiment(cfg, progress=False)

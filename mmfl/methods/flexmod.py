@@ -36,7 +36,7 @@ from mmfl.scheduling import (
     DDPGAgent, DDPGConfig, allocate_frequencies, encoder_quality, modality_combinations, normalized_importance,
     shapley_values, step_plan,
 )
-from mmfl.scheduling.allocation import check_feasible, step_counts
+from mmfl.scheduling.allocation import check_feasible
 from mmfl.scheduling.shapley import all_coalitions, coalition_key
 
 AGENT = "flexmod/agent/"
@@ -249,6 +249,6 @@ class FlexMod(Method):
         return RoundState(state.round, tensors, {**state.meta, "flexmod": fm})
 
 
-__all__ = ["FlexMod", "FlexModParams", "METHOD", "combination_weights", "step_counts"]
+__all__ = ["FlexMod", "FlexModParams", "METHOD", "combination_weights"]
 
 METHOD = FlexMod()

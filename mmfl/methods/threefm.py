@@ -23,7 +23,7 @@ from mmfl.data.types import MultimodalDataset
 from mmfl.engine.state import RoundState
 from mmfl.methods.base import Context, Method, iterate_batches
 
-Params = dict[str, torch.Tensor]
+ParamDict = dict[str, torch.Tensor]
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]
 
 
@@ -38,18 +38,18 @@ class ThreeFMParams(BaseModel):
     first_order: bool = Field(False, description="Drop second-order terms of the meta-gradient (FOMAML)")
 
 
-def zero_branch_forward(model: nn.Module, params: Params, inputs: dict[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
+def zero_branch_forward(model: nn.Module, params: ParamDict, inputs: dict[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
     """Logits with the embedding of every absent modality set to exactly zero (a switched-off branch)."""
     subs = torch.zeros(present.shape[0], present.shape[1], model.head.in_features, dtype=torch.float32, device=present.device)
     return functional_call(model, params, (inputs, present), {"substitutes": subs})
 
 
-def batch_loss(model: nn.Module, params: Params, batch: Batch) -> torch.Tensor:
+def batch_loss(model: nn.Module, params: ParamDict, batch: Batch) -> torch.Tensor:
     inputs, present, labels = batch
     return F.cross_entropy(zero_branch_forward(model, params, inputs, present), labels)
 
 
-def inner_adapt(model: nn.Module, params: Params, support: Batch, lr: float, steps: int, first_order: bool = False) -> Params:
+def inner_adapt(model: nn.Module, params: ParamDict, support: Batch, lr: float, steps: int, first_order: bool = False) -> ParamDict:
     """``steps`` gradient steps ``theta <- theta - lr * dL_support/dtheta``, differentiable in ``params``."""
     loss_grad = grad(lambda p: batch_loss(model, p, support))
     adapted = params
@@ -61,10 +61,10 @@ def inner_adapt(model: nn.Module, params: Params, support: Batch, lr: float, ste
     return adapted
 
 
-def meta_gradient(model: nn.Module, params: Params, support: Batch, query: Batch, p: ThreeFMParams) -> tuple[Params, torch.Tensor]:
+def meta_gradient(model: nn.Module, params: ParamDict, support: Batch, query: Batch, p: ThreeFMParams) -> tuple[ParamDict, torch.Tensor]:
     """(d query_loss(adapt(theta)) / d theta, query loss) for one support/query split."""
 
-    def outer(theta: Params) -> tuple[torch.Tensor, torch.Tensor]:
+    def outer(theta: ParamDict) -> tuple[torch.Tensor, torch.Tensor]:
         loss = batch_loss(model, inner_adapt(model, theta, support, p.inner_lr, p.inner_steps, p.first_order), query)
         return loss, loss.detach()
 
