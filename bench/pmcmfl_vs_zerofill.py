@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--modalities", nargs="+", default=["fou", "kar"], help="mfeat views used as modalities")
     ap.add_argument("--baselines", nargs="+", default=["zerofill", "fedavg"],
                     help="methods trained for comparison; zerofill (required) is the reference of the win counts")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="extra PmcmFL run, LABEL:param=value[,param=value], e.g. no-contrast:contrast_weight=0")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on small hosts)")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     args = ap.parse_args()
@@ -77,6 +79,13 @@ def main() -> None:
                     ocfg = config(args, method, seed, root, [f"method.params.inference={option}"])
                     ev = steps.evaluate(ocfg, state, data.test)
                     results.setdefault(f"pmcmfl ({option})", {})[seed] = {p: v["acc"] for p, v in ev.items()}
+            for variant in args.variant:  # ablations: PmcmFL with some parameters changed
+                label, _, assignments = variant.partition(":")
+                extra = [f"method.params.{kv}" for kv in assignments.split(",") if kv]
+                cfg = config(args, "pmcmfl", seed, root, extra)
+                console.print(f"[bold]seed {seed}: pmcmfl {label} ({assignments})[/]")
+                res = run_experiment(cfg, progress=True)
+                results.setdefault(f"pmcmfl {label}", {})[seed] = {p: v["acc"] for p, v in res.final.items()}
     elapsed = time.time() - t0
 
     table = Table(title=f"mfeat {'+'.join(args.modalities)}, train mixed@{args.rate:.2f}, {args.clients} clients, "
