@@ -81,3 +81,14 @@ schedule: install
 .PHONY: bench-fedprime
 bench-fedprime: install
 	HF_HUB_OFFLINE=1 PYTHONPATH=. $(PY) bench/fedprime_missing.py
+
+.PHONY: bench-pmcmfl bench-flexmod
+
+## bench-pmcmfl: PmcmFL vs zero-fill FedAvg on mfeat, 50% of training samples missing a modality, 3 seeds
+bench-pmcmfl: install
+	$(PY) bench/pmcmfl_vs_zerofill.py --seeds 0 1 2
+
+## bench-flexmod: FlexMod vs FedAvg, accuracy vs encoder updates, per-round beta_r and allocations (MLflow sqlite)
+bench-flexmod: install
+	mkdir -p runs/bench
+	$(PY) bench/flexmod_efficiency.py --seeds 0 1 2 --plot runs/bench/flexmod_efficiency.png --mlflow sqlite:///mlruns.db

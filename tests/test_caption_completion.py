@@ -11,7 +11,6 @@ from mmfl.data.types import DataSpec, ModalitySpec
 from mmfl.engine import steps
 from mmfl.models.completion import CaptionCompletion
 from tests.conftest import tiny_config_dict
-from tests.helpers.threads import one_torch_thread  # noqa: F401 (autouse fixture)
 from tests.helpers.image_text_fixtures import write_food101
 
 

@@ -12,7 +12,6 @@ from mmfl.models.backbones import load_clip, load_vilt
 from mmfl.models.feature_cache import _CACHES, FeatureCache, cached_features, dataset_fingerprint
 from mmfl.engine import steps
 from tests.conftest import tiny_config_dict
-from tests.helpers.threads import one_torch_thread  # noqa: F401 (autouse fixture)
 from tests.helpers.image_text_fixtures import write_food101
 
 BACKBONE = {"image_size": 16, "patch_size": 8, "max_text_len": 12}

@@ -16,7 +16,6 @@ from mmfl.methods.base import get_params
 from mmfl.models.backbones import load_vilt
 from mmfl.models.feature_cache import _CACHES
 from tests.conftest import tiny_config_dict
-from tests.helpers.threads import one_torch_thread  # noqa: F401 (autouse fixture)
 from tests.helpers.image_text_fixtures import write_food101
 
 BACKBONE = {"image_size": 16, "patch_size": 8, "max_text_len": 12, "hidden": 32, "layers": 2}

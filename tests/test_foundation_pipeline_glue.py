@@ -14,7 +14,6 @@ from mmfl.config import parse_config
 from mmfl.engine.local import run_experiment
 from mmfl.io.store import LocalStore
 from tests.conftest import tiny_config_dict
-from tests.helpers.threads import one_torch_thread  # noqa: F401 (autouse fixture)
 from tests.helpers.image_text_fixtures import write_food101
 
 pytest.importorskip("mmfl.kfp.component_io")

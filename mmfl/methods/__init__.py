@@ -16,6 +16,9 @@ _REGISTRY: dict[str, str] = {
     "fedprime": "mmfl.methods.fedprime",
     "fedavg_prompts": "mmfl.methods.fedavg_prompts",
     "fedmvp": "mmfl.methods.fedmvp",
+    "pmcmfl": "mmfl.methods.pmcmfl",
+    "threefm": "mmfl.methods.threefm",
+    "flexmod": "mmfl.methods.flexmod",
 }
 
 

@@ -1,0 +1,254 @@
+"""FlexMod (2024): train modality encoders as often as they deserve, scheduled by a DDPG agent.
+
+Per round (server, schedule step):
+  1. encoder quality q_m from the global prototypes (class separation, ``scheduling.quality``);
+  2. modality importance phi_m: exact Shapley values of the global model's validation accuracy
+     over modality subsets (clients evaluate every subset on their held-out validation part);
+  3. a DDPG agent maps state (phi, q, previous beta, progress) to beta_r in [0, 1]; its reward
+     is the gain in the clients' validation accuracy after training with the previous beta;
+  4. each non-empty combination S gets weight
+     ``beta_r * sum_{m in S} phi_m + (1 - beta_r) * sum_{m in S} (1 - q_m) / sum_m (1 - q_m)``
+     and a convex program turns weights into shares of local steps under an encoder budget.
+Clients then train combinations in cardinality order (largest first); in a step for S only the
+encoders of S get gradients (the others run without autograd), fusion and head always train.
+Encoder updates (one per encoder per step) are counted and reported.
+
+Validation: a fixed share ``val_fraction`` of each client's shard (chosen by (seed, client),
+the same every round) is held out from training; the server never sees data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.nn import functional as F
+
+from mmfl.config import ExperimentConfig
+from mmfl.data.types import DataSpec, MultimodalDataset
+from mmfl.engine.state import ClientUpdate, RoundState
+from mmfl.methods.base import Context, Method, derive_seed, iterate_batches
+from mmfl.methods.prototypes import aggregate_prototypes, compute_prototypes, empty_prototypes, proto_keys
+from mmfl.scheduling import (
+    DDPGAgent, DDPGConfig, allocate_frequencies, encoder_quality, modality_combinations, normalized_importance,
+    shapley_values, step_plan,
+)
+from mmfl.scheduling.allocation import check_feasible
+from mmfl.scheduling.shapley import all_coalitions, coalition_key
+
+AGENT = "flexmod/agent/"
+ALLOC = "flexmod/alloc"
+
+
+class FlexModParams(BaseModel):
+    """Values the paper summary does not state are standard choices, marked as such."""
+
+    model_config = ConfigDict(extra="forbid")
+    budget: float = Field(
+        0.6, gt=0, le=1,
+        description="Encoder updates per local step as a share of updating every encoder every step (chosen: 0.6)")
+    min_frequency: float = Field(0.05, ge=0, lt=1, description="Lower bound of each combination's share of steps (chosen)")
+    reg: float = Field(1.0, ge=0, description="Quadratic spreading term of the allocation program (chosen)")
+    val_fraction: float = Field(
+        0.05, ge=0, lt=1,
+        description=("Share of each client's shard held out for Shapley values and the reward (chosen); 0 = evaluate "
+                     "on the training shard itself (no held-out data, a weaker signal)"))
+    initial_beta: float = Field(0.5, ge=0, le=1, description="beta before the agent has acted (round 1)")
+    reward_scale: float = Field(100.0, gt=0, description="Reward = scale * validation-accuracy gain (in points; chosen)")
+    ddpg_hidden: int = Field(64, ge=1, description="Actor/critic hidden width (DDPG default-style choice)")
+    ddpg_actor_lr: float = Field(1e-4, gt=0, description="Actor Adam learning rate (DDPG paper: 1e-4)")
+    ddpg_critic_lr: float = Field(1e-3, gt=0, description="Critic Adam learning rate (DDPG paper: 1e-3)")
+    ddpg_gamma: float = Field(0.99, ge=0, le=1, description="Discount factor (DDPG paper: 0.99)")
+    ddpg_tau: float = Field(0.005, gt=0, le=1, description="Target network soft-update rate (common DDPG choice)")
+    ddpg_noise_std: float = Field(0.1, ge=0, description="Std of Gaussian exploration noise on beta (chosen)")
+    ddpg_buffer_size: int = Field(1000, ge=1, description="Replay buffer capacity (chosen)")
+    ddpg_batch_size: int = Field(16, ge=1, description="Replay minibatch size (chosen; few rounds give few transitions)")
+    ddpg_updates: int = Field(8, ge=1, description="Gradient updates of the agent per round (chosen)")
+
+    def ddpg(self) -> DDPGConfig:
+        return DDPGConfig(self.ddpg_hidden, self.ddpg_actor_lr, self.ddpg_critic_lr, self.ddpg_gamma, self.ddpg_tau,
+                          self.ddpg_noise_std, self.ddpg_buffer_size, self.ddpg_batch_size, self.ddpg_updates)
+
+
+def combination_weights(beta: float, importance: np.ndarray, quality: np.ndarray) -> np.ndarray:
+    """Weight of every combination (``modality_combinations`` order): beta * importance + (1-beta) * need."""
+    need = 1.0 - np.asarray(quality, dtype=float)
+    need = need / need.sum() if need.sum() > 0 else np.full(len(need), 1.0 / len(need))
+    return np.array([beta * importance[list(c)].sum() + (1 - beta) * need[list(c)].sum()
+                     for c in modality_combinations(len(importance))])
+
+
+def split_validation(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, validation indices), fixed per (experiment seed, client)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    k = min(max(1, int(round(fraction * n))), n - 1) if n > 1 and fraction > 0 else 0
+    return perm[k:].sort().values, perm[:k].sort().values
+
+
+@torch.no_grad()
+def subset_accuracies(model: nn.Module, data: MultimodalDataset, names: tuple[str, ...]) -> dict[str, float]:
+    """Accuracy with only the modalities of each coalition (the others masked), every coalition."""
+    model.eval()
+    out = {}
+    inputs = dict(data.inputs)
+    for coalition in all_coalitions(len(names)):
+        keep = torch.tensor([j in coalition for j in range(len(names))])
+        present = data.present & keep
+        pred = model(inputs, present).argmax(dim=1)
+        out[coalition_key(coalition, len(names))] = float((pred == data.labels).float().mean()) if len(data) else 0.0
+    return out
+
+
+def partial_logits(model: nn.Module, inputs: dict[str, torch.Tensor], present: torch.Tensor, trained: tuple[int, ...]) -> torch.Tensor:
+    """Forward pass in which only the encoders in ``trained`` are part of the autograd graph."""
+    embs = []
+    for j, name in enumerate(model.names):
+        if j in trained:
+            embs.append(model.encoders[name](inputs[name]))
+        else:
+            with torch.no_grad():
+                embs.append(model.encoders[name](inputs[name]))
+    tokens = model.substitute(torch.stack(embs, dim=1), present)
+    return model.head(model.fuse(tokens))
+
+
+class FlexMod(Method):
+    name = "flexmod"
+    Params = FlexModParams
+    uses_prototypes = True
+    uses_schedule = True
+
+    # ---- state ----------------------------------------------------------------------------
+    def init_state(self, spec: DataSpec, cfg: ExperimentConfig) -> RoundState:
+        state = super().init_state(spec, cfg)
+        p: FlexModParams = self.Params.model_validate(cfg.method.params)
+        m = len(spec.names)
+        check_feasible(m, p.budget, p.min_frequency)
+        state.tensors.update(empty_prototypes(proto_keys(spec.names), spec.num_classes, cfg.model.embed_dim))
+        agent = DDPGAgent(2 * m + 2, p.ddpg(), seed=derive_seed(cfg.seed, 0xDD96))
+        tensors, agent_meta = agent.to_tensors(AGENT)
+        state.tensors.update(tensors)
+        importance, quality = np.full(m, 1.0 / m), np.zeros(m)
+        alloc = allocate_frequencies(combination_weights(p.initial_beta, importance, quality), m, p.budget,
+                                     p.min_frequency, p.reg)
+        state.tensors[ALLOC] = torch.tensor(alloc, dtype=torch.float64)
+        state.meta["flexmod"] = {
+            "agent": agent_meta, "beta": p.initial_beta, "obs": None, "val_acc": None,
+            "combinations": [[spec.names[j] for j in c] for c in modality_combinations(m)], "history": [],
+        }
+        return state
+
+    # ---- client ---------------------------------------------------------------------------
+    def client_update(self, state: RoundState, shard: MultimodalDataset, ctx: Context) -> ClientUpdate:
+        p: FlexModParams = ctx.params
+        model = self.load_model(state.model_weights(), ctx)
+        train_idx, val_idx = split_validation(len(shard), p.val_fraction, derive_seed(ctx.cfg.seed, ctx.client_id, 0x7A1))
+        train, val = shard.subset(train_idx), shard.subset(val_idx)
+        if p.val_fraction == 0:
+            train = val = shard
+        values = subset_accuracies(model, val, ctx.spec.names)
+        metrics = self.train_scheduled(model, train, ctx, state.tensors[ALLOC].numpy())
+        full_key = coalition_key(frozenset(range(len(ctx.spec.names))), len(ctx.spec.names))
+        metrics["val_acc"] = subset_accuracies(model, val, ctx.spec.names)[full_key]
+        metrics.update({f"value/{k}": v for k, v in values.items()})
+        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return ClientUpdate(ctx.client_id, len(train), {f"model/{k}": v for k, v in weights.items()}, metrics,
+                            {"val_samples": len(val)})
+
+    def train_scheduled(self, model: nn.Module, shard: MultimodalDataset, ctx: Context, alloc: np.ndarray) -> dict[str, float]:
+        """Local SGD where step t updates the encoders of combination plan[t] (largest combinations first)."""
+        t = ctx.cfg.train
+        combos = modality_combinations(len(ctx.spec.names))
+        batches_per_epoch = -(-len(shard) // t.batch_size)
+        plan = step_plan(alloc, t.local_epochs * batches_per_epoch)
+        opt = self.make_optimizer(model, ctx)
+        gen = torch.Generator().manual_seed(ctx.seed())
+        total, steps, enc_updates = 0.0, 0, 0
+        model.train()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(ctx.seed(1))
+            for _ in range(t.local_epochs):
+                for idx in iterate_batches(len(shard), t.batch_size, gen):
+                    combo = combos[plan[steps]]
+                    inputs = {k: v[idx].to(ctx.device) for k, v in shard.inputs.items()}
+                    logits = partial_logits(model, inputs, shard.present[idx].to(ctx.device), combo)
+                    loss = F.cross_entropy(logits, shard.labels[idx].to(ctx.device))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()  # parameters without a gradient (frozen encoders) are left untouched
+                    total += float(loss.detach())
+                    steps += 1
+                    enc_updates += len(combo)
+        return {"train_loss": total / max(steps, 1), "local_steps": float(steps), "encoder_updates": float(enc_updates)}
+
+    def client_prototypes(self, state: RoundState, update: ClientUpdate, shard: MultimodalDataset, ctx: Context):
+        model = self.load_model(update.model_weights(), ctx)
+        return compute_prototypes(model, shard, ctx.spec.num_classes, device=ctx.device)
+
+    # ---- server ---------------------------------------------------------------------------
+    def aggregate(self, state: RoundState, updates: list[ClientUpdate], ctx: Context) -> RoundState:
+        new = super().aggregate(state, updates, ctx)
+        keys = proto_keys(ctx.spec.names)
+        if all(f"proto/{k}" in u.tensors for u in updates for k in keys):
+            new.tensors.update(aggregate_prototypes([u.tensors for u in updates], keys, state.tensors))
+        vw = np.array([float(u.meta.get("val_samples", 1)) for u in updates])
+        vw = vw / vw.sum()
+        value_keys = sorted({k for u in updates for k in u.metrics if k.startswith("value/")})
+        fm = dict(new.meta["flexmod"])
+        fm["round_stats"] = {
+            "values": {k[len("value/"):]: float(sum(w * u.metrics.get(k, 0.0) for w, u in zip(vw, updates)))
+                       for k in value_keys},
+            "val_acc": float(sum(w * u.metrics.get("val_acc", 0.0) for w, u in zip(vw, updates))),
+            "encoder_updates": float(sum(u.metrics.get("encoder_updates", 0.0) for u in updates)),
+            "local_steps": float(sum(u.metrics.get("local_steps", 0.0) for u in updates)),
+        }
+        new.meta["flexmod"] = fm
+        return new
+
+    def schedule(self, state: RoundState, ctx: Context, eval_metrics: dict[str, Any] | None = None) -> RoundState:
+        """Quality, Shapley importance, DDPG beta_r (learning from the last one's reward), allocation."""
+        p: FlexModParams = ctx.params
+        names = ctx.spec.names
+        m = len(names)
+        fm = dict(state.meta["flexmod"])
+        stats = fm.get("round_stats")
+        if stats is None:
+            return state
+        quality = np.array([encoder_quality(state.tensors[f"proto/{n}"], state.tensors[f"proto_count/{n}"]) for n in names])
+        values = stats["values"]
+        phi = shapley_values(m, lambda c: values.get(coalition_key(c, m), 0.0))
+        importance = normalized_importance(phi)
+        progress = state.round / max(ctx.cfg.train.rounds, 1)
+        obs = [*importance.tolist(), *quality.tolist(), float(fm["beta"]), progress]
+
+        agent = DDPGAgent.from_tensors(state.tensors, fm["agent"], AGENT)
+        gen = torch.Generator().manual_seed(derive_seed(ctx.cfg.seed, ctx.round, 0xDD))  # server: no client id
+        reward, losses = None, {}
+        if fm.get("obs") is not None and fm.get("val_acc") is not None:
+            reward = p.reward_scale * (stats["val_acc"] - fm["val_acc"])
+            agent.store(fm["obs"], fm["beta"], reward, obs)
+            losses = agent.learn(gen)
+        beta = agent.act(obs, gen)
+        alloc = allocate_frequencies(combination_weights(beta, importance, quality), m, p.budget, p.min_frequency, p.reg)
+
+        tensors = dict(state.tensors)
+        agent_tensors, agent_meta = agent.to_tensors(AGENT)
+        tensors.update(agent_tensors)
+        tensors[ALLOC] = torch.tensor(alloc, dtype=torch.float64)
+        entry = {
+            "round": state.round, "beta": beta, "allocation": alloc.tolist(), "importance": importance.tolist(),
+            "shapley": phi.tolist(), "quality": quality.tolist(), "reward": reward, "val_acc": stats["val_acc"],
+            "encoder_updates": stats["encoder_updates"], "local_steps": stats["local_steps"], **losses,
+        }
+        fm.update({"agent": agent_meta, "beta": beta, "obs": obs, "val_acc": stats["val_acc"],
+                   "history": [*fm.get("history", []), entry]})
+        fm.pop("round_stats", None)
+        return RoundState(state.round, tensors, {**state.meta, "flexmod": fm})
+
+
+__all__ = ["FlexMod", "FlexModParams", "METHOD", "combination_weights"]
+
+METHOD = FlexMod()
