@@ -53,32 +53,38 @@ def make_client_loss(model: nn.Module, fixed: Tensors, anchor: Tensors, penalty:
 
 
 def make_step(client_loss: Callable, sgd: SGDSettings, masked: bool) -> Callable:
-    """``step(params, bufs, inputs, present, labels, weight, active) -> (params, bufs, losses)``.
+    """``step(params, bufs, inputs, present, labels, weight, active) -> losses``, updating in place.
 
-    All tensors carry the client dimension first. ``masked=False`` skips the padding mask for
-    steps where every client is active (cheaper, same result).
+    All tensors carry the client dimension first; ``params`` and ``bufs`` (momentum) are
+    overwritten with their values after the step, with the same ``_foreach`` arithmetic as
+    ``torch.optim.SGD``. ``masked=False`` skips the padding mask for steps where every client
+    is active (cheaper, same result).
     """
     per_client = vmap(grad_and_value(client_loss))
 
     def step(params: Tensors, bufs: Tensors, inputs: Tensors, present: torch.Tensor, labels: torch.Tensor,
-             weight: torch.Tensor, active: torch.Tensor) -> tuple[Tensors, Tensors, torch.Tensor]:
+             weight: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         grads, losses = per_client(params, inputs, present, labels, weight)
-        new_params, new_bufs = {}, {}
-        for name, p in params.items():
-            g = grads[name]
-            if sgd.weight_decay:
-                g = g + sgd.weight_decay * p
+        names = list(params)
+        p = [params[n] for n in names]
+        g = [grads[n] for n in names]
+        b = [bufs[n] for n in names]
+        if sgd.weight_decay:
+            torch._foreach_add_(g, p, alpha=sgd.weight_decay)
+        if not masked:
             if sgd.momentum:
-                buf = bufs[name] * sgd.momentum + g
-                direction = buf
-            else:
-                buf, direction = bufs[name], g
-            new_p = p - sgd.lr * direction
-            if masked:
-                keep = active.reshape(-1, *([1] * (p.dim() - 1)))
-                new_p = torch.where(keep, new_p, p)
-                buf = torch.where(keep, buf, bufs[name])
-            new_params[name], new_bufs[name] = new_p, buf
-        return new_params, new_bufs, losses
+                torch._foreach_mul_(b, sgd.momentum)
+                torch._foreach_add_(b, g)
+                g = b
+            torch._foreach_add_(p, g, alpha=-sgd.lr)
+            return losses
+        new_b = torch._foreach_add(torch._foreach_mul(b, sgd.momentum), g) if sgd.momentum else g
+        new_p = torch._foreach_add(p, new_b, alpha=-sgd.lr)
+        for i, name in enumerate(names):
+            keep = active.reshape(-1, *([1] * (p[i].dim() - 1)))
+            p[i].copy_(torch.where(keep, new_p[i], p[i]))
+            if sgd.momentum:
+                b[i].copy_(torch.where(keep, new_b[i], b[i]))
+        return losses
 
     return step

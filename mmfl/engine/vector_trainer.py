@@ -109,26 +109,20 @@ class VectorTrainer:
         return params, bufs, torch.zeros(c, dtype=torch.float64, device=self.device)
 
     def run_steps(self, params: Tensors, bufs: Tensors, total: torch.Tensor, batches: ChunkBatches,
-                  all_active: list[bool], in_place: bool) -> tuple[Tensors, Tensors]:
+                  all_active: list[bool]) -> None:
+        """All local steps of a chunk; ``params``, ``bufs`` and ``total`` are updated in place."""
         for s in range(batches.num_steps):
             active = batches.active[s]
-            new_p, new_b, losses = self._steps[not all_active[s]](
+            losses = self._steps[not all_active[s]](
                 params, bufs, {n: x[s] for n, x in batches.inputs.items()}, batches.present[s],
                 batches.labels[s], batches.weight[s], active,
             )
             total += torch.where(active, losses.to(torch.float64), torch.zeros_like(total))
-            if in_place:
-                for n in params:
-                    params[n].copy_(new_p[n])
-                    bufs[n].copy_(new_b[n])
-            else:
-                params, bufs = new_p, new_b
-        return params, bufs
 
     def _eager(self, batches: ChunkBatches, all_active: list[bool], c: int) -> ChunkResult:
         params, bufs, total = self.initial_state(c)
         with torch.no_grad():  # torch.func computes the gradients; nothing outside needs autograd
-            params, _ = self.run_steps(params, bufs, total, batches, all_active, in_place=False)
+            self.run_steps(params, bufs, total, batches, all_active)
         return ChunkResult(params, total / batches.steps.clamp_min(1), batches.steps)
 
 
@@ -151,12 +145,12 @@ class _GraphedChunk:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream), torch.no_grad():  # warm-up (allocator, cuBLAS handles, compile)
             self._reset()
-            trainer.run_steps(self.params, self.bufs, self.total, self.batches, all_active, in_place=True)
+            trainer.run_steps(self.params, self.bufs, self.total, self.batches, all_active)
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         self._reset()
         with torch.cuda.graph(self.graph), torch.no_grad():
-            trainer.run_steps(self.params, self.bufs, self.total, self.batches, all_active, in_place=True)
+            trainer.run_steps(self.params, self.bufs, self.total, self.batches, all_active)
 
     def _reset(self) -> None:
         with torch.no_grad():

@@ -51,17 +51,17 @@ def loop_train(method: Method, cfg: ExperimentConfig, state: RoundState,
             for cid in client_ids]
 
 
-def _setting_key(method: Method, cfg: ExperimentConfig, spec: DataSpec) -> str:
+def _setting_key(method: Method, cfg: ExperimentConfig, spec: DataSpec, cuda_graph: bool) -> str:
     t = cfg.train
     return json.dumps([type(method).__module__, type(method).__qualname__, cfg.model.model_dump(), spec.to_json(),
-                       cfg.method.params, t.lr, t.momentum, t.weight_decay, t.device, t.compile], sort_keys=True,
-                      default=str)
+                       cfg.method.params, t.lr, t.momentum, t.weight_decay, t.device, t.compile, cuda_graph],
+                      sort_keys=True, default=str)
 
 
 def _trainer(method: Method, cfg: ExperimentConfig, state: RoundState, spec: DataSpec,
-             sample: MultimodalDataset) -> VectorTrainer | str:
+             sample: MultimodalDataset, cuda_graph: bool) -> VectorTrainer | str:
     """A prepared trainer for this setting (reused across rounds), or the reason to use the loop."""
-    key = _setting_key(method, cfg, spec)
+    key = _setting_key(method, cfg, spec, cuda_graph)
     found = _TRAINERS.get(key)
     if found is not None:
         _TRAINERS.move_to_end(key)
@@ -72,7 +72,8 @@ def _trainer(method: Method, cfg: ExperimentConfig, state: RoundState, spec: Dat
     penalty = (lambda params, anchor: penalty_fn(params, anchor, ctx)) if penalty_fn is not None else None
     model = method.load_model(state.model_weights(), ctx)
     trainer = VectorTrainer(model, state.model_weights(), SGDSettings(t.lr, t.momentum, t.weight_decay),
-                            torch.device(t.device), penalty=penalty, compile=t.compile)
+                            torch.device(t.device), penalty=penalty, compile=t.compile,
+                            cuda_graph=cuda_graph)
     reason = trainer.prepare(sample)
     found = reason if reason else trainer
     _TRAINERS[key] = found
@@ -83,9 +84,13 @@ def _trainer(method: Method, cfg: ExperimentConfig, state: RoundState, spec: Dat
 
 def client_train_vectorized(
     cfg: ExperimentConfig, state: RoundState, shards: Mapping[int, MultimodalDataset], client_ids: Sequence[int],
-    method: Method | None = None,
+    method: Method | None = None, cuda_graph: bool = True,
 ) -> list[ClientUpdate]:
-    """Train ``client_ids`` from the global state of the round, ``train.vector_chunk`` clients at a time."""
+    """Train ``client_ids`` from the global state of the round, ``train.vector_chunk`` clients at a time.
+
+    ``method`` overrides the configured method (benchmarks pass their own model); ``cuda_graph``
+    allows capturing each chunk's local steps as one CUDA graph when ``train.device`` is a GPU.
+    """
     method = method or get_method(cfg.method.name)
     client_ids = list(client_ids)
     if not client_ids:
@@ -93,7 +98,7 @@ def client_train_vectorized(
     reason = method_reason(method)
     if reason is None:
         spec = DataSpec.from_json(state.meta["data_spec"])
-        found = _trainer(method, cfg, state, spec, shards[client_ids[0]])
+        found = _trainer(method, cfg, state, spec, shards[client_ids[0]], cuda_graph)
         reason = found if isinstance(found, str) else None
     if reason is not None:
         log.warning("vectorized engine: falling back to the per-client loop: %s", reason)
