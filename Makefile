@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/quickstart.yaml
 
-.PHONY: install run test clean
+.PHONY: install run test clean bench
 
 install: $(STAMP)
 
@@ -30,3 +30,7 @@ test: install
 
 clean:
 	rm -rf runs mlruns.db mlartifacts
+
+## bench: vectorized client engine vs per-client loop vs Flower simulation; writes docs/benchmarks.md
+bench: install
+	PYTHONPATH=$(CURDIR) $(PY) -m bench.vectorized --out docs/benchmarks.md

@@ -36,17 +36,20 @@ def run_worker(name: str, mode: str, rounds: int, warmup: int, clients: int, chu
                threads: int) -> dict:
     torch.set_num_threads(threads)
     w = WORKLOADS[name]
-    result: dict = {"workload": name, "mode": mode, "clients": clients, "device": device, "threads": threads}
+    result: dict = {"workload": name, "mode": mode, "clients": clients, "device": device,
+                    "threads": os.cpu_count() if mode == "flower" else threads}
     if mode == "flower":
         from bench.flower_sim import run_flower
 
         w = type(w)(**{**w.__dict__, "clients": clients})
-        times = run_flower(w, warmup + rounds, threads)
-        result.update(round_s=times[warmup:], train_s=times[warmup:], warmup_s=sum(times[:warmup]))
+        times = run_flower(w, warmup + rounds, os.cpu_count() or 1)
+        result.update(round_s=times[warmup:], train_s=times[warmup:], engine_s=times[warmup:],
+                      warmup_s=sum(times[:warmup]))
         result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         result["peak_note"] = "driver process only"
         return result
 
+    from mmfl.engine import vectorized
     from mmfl.engine.vectorized import client_train_vectorized, loop_train
 
     shards = make_shards(w)
@@ -56,6 +59,7 @@ def run_worker(name: str, mode: str, rounds: int, warmup: int, clients: int, chu
                       compile="compile" in mode)
     ids = list(range(clients))
     gpu = device.startswith("cuda")
+    engine: list[float] = []
 
     def one_round(state, ids):
         t0 = time.perf_counter()
@@ -67,6 +71,7 @@ def run_worker(name: str, mode: str, rounds: int, warmup: int, clients: int, chu
             torch.cuda.synchronize()
         t1 = time.perf_counter()
         new = method.aggregate(state, updates, None)
+        engine.append(vectorized.last_timing.get("device_s", t1 - t0) if mode != "loop" else t1 - t0)
         return new, t1 - t0, time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -78,11 +83,12 @@ def run_worker(name: str, mode: str, rounds: int, warmup: int, clients: int, chu
     if gpu:
         torch.cuda.reset_peak_memory_stats()
     train, total = [], []
+    engine.clear()
     for _ in range(rounds):
         state, tr, tot = one_round(state, ids)
         train.append(tr)
         total.append(tot)
-    result.update(round_s=total, train_s=train)
+    result.update(round_s=total, train_s=train, engine_s=engine)
     result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["peak_note"] = "process RSS"
     if gpu:
@@ -117,6 +123,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             continue
         r["s_round"] = statistics.median(r["round_s"])
         r["s_train"] = statistics.median(r["train_s"])
+        r["s_engine"] = statistics.median(r["engine_s"])
         r["ups"] = r["clients"] / r["s_round"]
         r["ups_train"] = r["clients"] / r["s_train"]
         by_key[(r["workload"], r["mode"])] = r
@@ -134,19 +141,19 @@ def fmt(v, spec: str = ".1f") -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| workload | engine | clients/round | rounds | s/round | train s/round | client-updates/s "
-            "| x loop | x Flower | warm-up s | peak memory MB |")
-    lines = [head, "|" + "---|" * 11]
+    head = ("| workload | engine | clients/round | rounds | s/round | train s/round | device s/round "
+            "| client-updates/s | x loop | x Flower | warm-up s | peak memory MB |")
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['workload']} | {r['mode']} | {r['clients']} | - | failed: {r['error']} |||||||")
+            lines.append(f"| {r['workload']} | {r['mode']} | {r['clients']} | - | failed: {r['error']} ||||||||")
             continue
         mem = f"{r['peak_mb']:.0f} ({r['peak_note']})"
         if "gpu_peak_mb" in r:
             mem = f"{r['gpu_peak_mb']:.0f} GPU, {mem}"
         lines.append(
             f"| {r['workload']} | {r['mode']} | {r['clients']} | {len(r['round_s'])} | {r['s_round']:.3f} "
-            f"| {r['s_train']:.3f} | {r['ups']:.1f} | {fmt(r['x_loop'], '.2f')} | {fmt(r['x_flower'], '.2f')} "
+            f"| {r['s_train']:.3f} | {r['s_engine']:.3f} | {r['ups']:.1f} | {fmt(r['x_loop'], '.2f')} | {fmt(r['x_flower'], '.2f')} "
             f"| {r['warmup_s']:.1f} | {mem} |"
         )
     return "\n".join(lines)
@@ -179,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=0)
     p.add_argument("--chunk", type=int, default=64, help="clients per vectorized chunk")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (Flower: actors)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of the in-process engines; Flower always runs one single-thread actor per core")
     p.add_argument("--workloads", default="W,W-large")
     p.add_argument("--large-clients", type=int, default=0,
                    help="clients per W-large round (default: all 256 on GPU, 32 on CPU)")
