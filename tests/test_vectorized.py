@@ -21,6 +21,7 @@ from mmfl.methods.fedavg import FedAvg
 from tests.conftest import tiny_config_dict
 
 TOL = 1e-6
+ONE_EPOCH = {"local_epochs": 1}
 
 
 def _setup(tmp_path: Path, **sections):
@@ -90,17 +91,17 @@ def test_fedavg_round_equals_loop_with_unequal_clients_missing_and_momentum(tmp_
 
 
 def test_fedprox_round_equals_loop(tmp_path):
-    cfg, shards, state = _setup(tmp_path, method={"name": "fedprox", "params": {"mu": 0.5}})
+    cfg, shards, state = _setup(tmp_path, method={"name": "fedprox", "params": {"mu": 0.5}}, train=ONE_EPOCH)
     loop, _ = _assert_same_round(cfg, shards, state)
     # The proximal term is part of the reported loss: it differs from plain FedAvg's.
-    cfg_avg, _, _ = _setup(tmp_path)
+    cfg_avg, _, _ = _setup(tmp_path, train=ONE_EPOCH)
     plain = steps.client_train(cfg_avg, state, shards, steps.sample_clients(cfg_avg, 1))
     assert any(abs(a.metrics["train_loss"] - b.metrics["train_loss"]) > 1e-6 for a, b in zip(loop, plain))
 
 
 def test_zerofill_round_equals_loop_with_unused_placeholders(tmp_path):
     # The zero-fill model never uses its placeholders: the loop's SGD skips them (no weight decay).
-    cfg, shards, state = _setup(tmp_path, method={"name": "zerofill"})
+    cfg, shards, state = _setup(tmp_path, method={"name": "zerofill"}, train=ONE_EPOCH)
     _, vec = _assert_same_round(cfg, shards, state)
     assert torch.equal(vec[0].tensors["model/placeholders"], state.tensors["model/placeholders"])
 
@@ -155,7 +156,7 @@ def _method_state(cfg, method):
 def test_gru_model_is_vectorized_when_the_probe_confirms_it(tmp_path, caplog):
     # torch.func differentiates nn.GRU through its decomposition, so vmap over grad works here;
     # the probe checked it against autograd and the round must equal the loop.
-    cfg, shards, _ = _setup(tmp_path)
+    cfg, shards, _ = _setup(tmp_path, train=ONE_EPOCH)
     method = _GRUMethod()
     with caplog.at_level(logging.WARNING, logger="mmfl.engine.vectorized"):
         _assert_same_round(cfg, shards, _method_state(cfg, method), method)
@@ -164,7 +165,7 @@ def test_gru_model_is_vectorized_when_the_probe_confirms_it(tmp_path, caplog):
 
 @pytest.mark.parametrize(("method", "why"), [(_ItemMethod(), "vmap over clients failed"), (_CustomLoss(), "vectorizable")])
 def test_falls_back_to_the_loop_and_says_why(tmp_path, caplog, method, why):
-    cfg, shards, _ = _setup(tmp_path)
+    cfg, shards, _ = _setup(tmp_path, train=ONE_EPOCH)
     state = _method_state(cfg, method)
     ids = steps.sample_clients(cfg, 1)
     with caplog.at_level(logging.WARNING, logger="mmfl.engine.vectorized"):
@@ -177,7 +178,7 @@ def test_falls_back_to_the_loop_and_says_why(tmp_path, caplog, method, why):
 
 
 def test_dropout_falls_back(tmp_path, caplog):
-    cfg, shards, state = _setup(tmp_path, model={"embed_dim": 16, "hidden": 32, "dropout": 0.2})
+    cfg, shards, state = _setup(tmp_path, model={"embed_dim": 16, "hidden": 32, "dropout": 0.2}, train=ONE_EPOCH)
     with caplog.at_level(logging.WARNING, logger="mmfl.engine.vectorized"):
         client_train_vectorized(cfg, state, shards, steps.sample_clients(cfg, 1))
     assert any("dropout" in r.message for r in caplog.records)
