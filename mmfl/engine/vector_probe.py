@@ -56,13 +56,16 @@ def probe_reason(
     rep = lambda t: torch.stack([t, t])  # noqa: E731 - same batch for both clients
     weight = torch.ones(labels.shape[0], device=labels.device)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # a "no batching rule, slow fallback" warning counts as failure
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             grads, _ = vmap(grad_and_value(client_loss))(
                 stacked, {k: rep(v) for k, v in inputs.items()}, rep(present), rep(labels), rep(weight)
             )
     except Exception as exc:  # noqa: BLE001 - any failure of the transform means "use the loop"
         return f"vmap over clients failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    for w in caught:  # vmap runs an operator client by client when it has no batching rule: no gain
+        if "batching rule" in str(w.message).lower():
+            return f"vmap over clients has no batching rule: {str(w.message).splitlines()[0][:200]}"
     for j, client in enumerate(clients):
         ref = copy.deepcopy(model)
         with torch.no_grad():
