@@ -21,6 +21,7 @@ from mmfl.engine.state import RoundState
 from mmfl.methods.base import Context
 
 ROUND_TIMES: list[tuple[float, float]] = []
+ROUND_CPU: list[float] = []  # CPU seconds: every client's fit (in its actor) + the driver process
 
 
 @lru_cache(maxsize=2)
@@ -41,10 +42,12 @@ def _client_fn_for(name: str):
         def fit(self, parameters, config):
             w, method, cfg, keys, meta = _setup(name)
             shard = make_shard(w, self.cid)
+            cpu0 = time.process_time()
             state = RoundState(0, {f"model/{k}": torch.from_numpy(np.asarray(v)) for k, v in zip(keys, parameters)}, meta)
             ctx = Context(cfg, w.spec, int(config.get("round", 1)), self.cid)
             update = method.client_update(state, shard, ctx)
-            return [update.tensors[f"model/{k}"].numpy() for k in keys], update.num_samples, update.metrics
+            out = [update.tensors[f"model/{k}"].numpy() for k in keys]
+            return out, update.num_samples, {**update.metrics, "cpu_s": time.process_time() - cpu0}
 
     def client_fn(context):
         return BenchClient(int(context.node_config["partition-id"])).to_client()
@@ -52,8 +55,12 @@ def _client_fn_for(name: str):
     return client_fn
 
 
-def run_flower(w: Workload, rounds: int, threads: int = 2) -> list[float]:
-    """Seconds per round of FedAvg over all ``w.clients`` clients with ``threads`` single-core actors."""
+def run_flower(w: Workload, rounds: int, threads: int = 2) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds per round of FedAvg over all ``w.clients`` clients, ``threads`` single-core actors.
+
+    CPU seconds count each client's ``fit`` in its actor and the driver process (server, strategy,
+    simulation engine); Ray's own daemons are not included, so it is a lower bound.
+    """
     from flwr.client import ClientApp
     from flwr.common import ndarrays_to_parameters
     from flwr.server import ServerAppComponents, ServerConfig
@@ -64,10 +71,11 @@ def run_flower(w: Workload, rounds: int, threads: int = 2) -> list[float]:
     state = initial_state(w)
     init = ndarrays_to_parameters([v.numpy() for v in state.model_weights().values()])
     ROUND_TIMES.clear()
+    ROUND_CPU.clear()
 
     class TimedFedAvg(FedAvg):
         def configure_fit(self, server_round, parameters, client_manager):
-            self._t0 = time.perf_counter()
+            self._t0, self._cpu0 = time.perf_counter(), time.process_time()
             return super().configure_fit(server_round, parameters, client_manager)
 
         def aggregate_fit(self, server_round, results, failures):
@@ -75,6 +83,8 @@ def run_flower(w: Workload, rounds: int, threads: int = 2) -> list[float]:
                 raise RuntimeError(f"Flower round {server_round}: {len(failures)} clients failed: {failures[0]!r}")
             out = super().aggregate_fit(server_round, results, failures)
             ROUND_TIMES.append((self._t0, time.perf_counter()))
+            clients_cpu = sum(float(fit.metrics.get("cpu_s", 0.0)) for _, fit in results)
+            ROUND_CPU.append(clients_cpu + time.process_time() - self._cpu0)
             return out
 
     strategy = TimedFedAvg(
@@ -92,4 +102,4 @@ def run_flower(w: Workload, rounds: int, threads: int = 2) -> list[float]:
     )
     if len(ROUND_TIMES) != rounds:
         raise RuntimeError(f"Flower simulation finished {len(ROUND_TIMES)} of {rounds} rounds")
-    return [b - a for a, b in ROUND_TIMES]
+    return [b - a for a, b in ROUND_TIMES], list(ROUND_CPU)

@@ -42,9 +42,9 @@ def run_worker(name: str, mode: str, rounds: int, warmup: int, clients: int, chu
         from bench.flower_sim import run_flower
 
         w = type(w)(**{**w.__dict__, "clients": clients})
-        times = run_flower(w, warmup + rounds, os.cpu_count() or 1)
+        times, cpu = run_flower(w, warmup + rounds, os.cpu_count() or 1)
         result.update(round_s=times[warmup:], train_s=times[warmup:], engine_s=times[warmup:],
-                      warmup_s=sum(times[:warmup]))
+                      cpu_s=cpu[warmup:], warmup_s=sum(times[:warmup]))
         result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         result["peak_note"] = "driver process only"
         return result
@@ -60,9 +60,10 @@ def run_worker(name: str, mode: str, rounds: int, warmup: int, clients: int, chu
     ids = list(range(clients))
     gpu = device.startswith("cuda")
     engine: list[float] = []
+    cpu: list[float] = []
 
     def one_round(state, ids):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if mode == "loop":
             updates = loop_train(method, cfg, state, shards, ids)
         else:
@@ -72,6 +73,7 @@ def run_worker(name: str, mode: str, rounds: int, warmup: int, clients: int, chu
         t1 = time.perf_counter()
         new = method.aggregate(state, updates, None)
         engine.append(vectorized.last_timing.get("device_s", t1 - t0) if mode != "loop" else t1 - t0)
+        cpu.append(time.process_time() - c0)
         return new, t1 - t0, time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -84,11 +86,12 @@ def run_worker(name: str, mode: str, rounds: int, warmup: int, clients: int, chu
         torch.cuda.reset_peak_memory_stats()
     train, total = [], []
     engine.clear()
+    cpu.clear()
     for _ in range(rounds):
         state, tr, tot = one_round(state, ids)
         train.append(tr)
         total.append(tot)
-    result.update(round_s=total, train_s=train, engine_s=engine)
+    result.update(round_s=total, train_s=train, engine_s=engine, cpu_s=cpu)
     result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["peak_note"] = "process RSS"
     if gpu:
@@ -126,6 +129,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         r["s_engine"] = statistics.median(r["engine_s"])
         r["ups"] = r["clients"] / r["s_round"]
         r["ups_train"] = r["clients"] / r["s_train"]
+        r["cpu_ms"] = 1000 * statistics.median(r["cpu_s"]) / r["clients"]
         by_key[(r["workload"], r["mode"])] = r
     for r in rows:
         if "error" in r:
@@ -133,6 +137,8 @@ def summarize(rows: list[dict]) -> list[dict]:
         loop, flower = by_key.get((r["workload"], "loop")), by_key.get((r["workload"], "flower"))
         r["x_loop"] = r["ups"] / loop["ups"] if loop else None
         r["x_flower"] = r["ups"] / flower["ups"] if flower else None
+        r["cpu_x_loop"] = loop["cpu_ms"] / r["cpu_ms"] if loop else None
+        r["cpu_x_flower"] = flower["cpu_ms"] / r["cpu_ms"] if flower else None
     return rows
 
 
@@ -142,11 +148,12 @@ def fmt(v, spec: str = ".1f") -> str:
 
 def table(rows: list[dict]) -> str:
     head = ("| workload | engine | clients/round | rounds | s/round | train s/round | device s/round "
-            "| client-updates/s | x loop | x Flower | warm-up s | peak memory MB |")
-    lines = [head, "|" + "---|" * 12]
+            "| client-updates/s | x loop | x Flower | CPU ms/update | CPU x loop | CPU x Flower "
+            "| warm-up s | peak memory MB |")
+    lines = [head, "|" + "---|" * 15]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['workload']} | {r['mode']} | {r['clients']} | - | failed: {r['error']} ||||||||")
+            lines.append(f"| {r['workload']} | {r['mode']} | {r['clients']} | - | failed: {r['error']} |||||||||||")
             continue
         mem = f"{r['peak_mb']:.0f} ({r['peak_note']})"
         if "gpu_peak_mb" in r:
@@ -154,6 +161,7 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['workload']} | {r['mode']} | {r['clients']} | {len(r['round_s'])} | {r['s_round']:.3f} "
             f"| {r['s_train']:.3f} | {r['s_engine']:.3f} | {r['ups']:.1f} | {fmt(r['x_loop'], '.2f')} | {fmt(r['x_flower'], '.2f')} "
+            f"| {r['cpu_ms']:.2f} | {fmt(r['cpu_x_loop'], '.2f')} | {fmt(r['cpu_x_flower'], '.2f')} "
             f"| {r['warmup_s']:.1f} | {mem} |"
         )
     return "\n".join(lines)

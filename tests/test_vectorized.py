@@ -158,7 +158,7 @@ def test_gru_model_is_vectorized_when_the_probe_confirms_it(tmp_path, caplog):
     # the probe checked it against autograd and the round must equal the loop.
     cfg, shards, _ = _setup(tmp_path, train=ONE_EPOCH)
     method = _GRUMethod()
-    with caplog.at_level(logging.WARNING, logger="mmfl.engine.vectorized"):
+    with caplog.at_level(logging.INFO, logger="mmfl.engine.vectorized"):
         _assert_same_round(cfg, shards, _method_state(cfg, method), method)
     assert not any("falling back" in r.message for r in caplog.records)
 
@@ -168,7 +168,7 @@ def test_falls_back_to_the_loop_and_says_why(tmp_path, caplog, method, why):
     cfg, shards, _ = _setup(tmp_path, train=ONE_EPOCH)
     state = _method_state(cfg, method)
     ids = steps.sample_clients(cfg, 1)
-    with caplog.at_level(logging.WARNING, logger="mmfl.engine.vectorized"):
+    with caplog.at_level(logging.INFO, logger="mmfl.engine.vectorized"):
         vec = client_train_vectorized(cfg, state, shards, ids, method=method)
     assert any("falling back to the per-client loop" in r.message and why in r.message for r in caplog.records)
     spec = DataSpec.from_json(state.meta["data_spec"])
@@ -179,7 +179,7 @@ def test_falls_back_to_the_loop_and_says_why(tmp_path, caplog, method, why):
 
 def test_dropout_falls_back(tmp_path, caplog):
     cfg, shards, state = _setup(tmp_path, model={"embed_dim": 16, "hidden": 32, "dropout": 0.2}, train=ONE_EPOCH)
-    with caplog.at_level(logging.WARNING, logger="mmfl.engine.vectorized"):
+    with caplog.at_level(logging.INFO, logger="mmfl.engine.vectorized"):
         client_train_vectorized(cfg, state, shards, steps.sample_clients(cfg, 1))
     assert any("dropout" in r.message for r in caplog.records)
 

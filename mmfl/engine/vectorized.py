@@ -37,6 +37,7 @@ _TRAINERS: OrderedDict[str, VectorTrainer | str] = OrderedDict()  # setting -> t
 _MAX_TRAINERS = 4
 # Seconds spent by the last call: on the device (training) and turning results into ClientUpdates.
 last_timing: dict[str, float] = {}
+_WARNED: set[str] = set()
 
 
 def method_reason(method: Method) -> str | None:
@@ -104,7 +105,10 @@ def client_train_vectorized(
         found = _trainer(method, cfg, state, spec, shards[client_ids[0]], cuda_graph)
         reason = found if isinstance(found, str) else None
     if reason is not None:
-        log.warning("vectorized engine: falling back to the per-client loop: %s", reason)
+        # Said loudly once per setting and process, then quietly every further round.
+        level = logging.INFO if reason in _WARNED else logging.WARNING
+        _WARNED.add(reason)
+        log.log(level, "vectorized engine: falling back to the per-client loop: %s", reason)
         return loop_train(method, cfg, state, shards, client_ids)
     trainer: VectorTrainer = found
     global_weights = state.model_weights()
