@@ -251,7 +251,7 @@ def write_markdown(path: Path, text: str, command: str, rows: list[dict]) -> Non
     block = "\n".join([
         BEGIN,
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}.",
-        f"Command: `{command}` (via `make bench`).",
+        f"Command: `{command}` (the recipe of `make bench`, run from the repository root).",
         "Parameters: " + ", ".join(f"{n} {p:,}" for n, p in params) + ".",
         "",
         text,
