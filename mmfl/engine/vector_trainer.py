@@ -73,10 +73,13 @@ class VectorTrainer:
                               inputs, present, labels)
         if reason:
             return reason
+        self._build_steps()
+        return None
+
+    def _build_steps(self) -> None:
         for masked in (False, True):
             step = make_step(self.client_loss, self.sgd, masked)
             self._steps[masked] = torch.compile(step, dynamic=False) if self.compile else step
-        return None
 
     def set_global(self, weights: Tensors) -> None:
         with torch.no_grad():
@@ -101,7 +104,16 @@ class VectorTrainer:
                     return self._eager(batches, all_active, c)
                 self._graphs[key] = graphed
             return graphed.replay(batches)
-        return self._eager(batches, all_active, c)
+        try:
+            return self._eager(batches, all_active, c)
+        except Exception as exc:  # noqa: BLE001 - e.g. no C++ compiler for inductor: the eager step is exact
+            if not self.compile:
+                raise
+            log.warning("vectorized: torch.compile failed (%s: %s); running eagerly", type(exc).__name__,
+                        str(exc).splitlines()[0][:200] if str(exc) else "")
+            self.compile = False
+            self._build_steps()
+            return self._eager(batches, all_active, c)
 
     def initial_state(self, c: int) -> tuple[Tensors, Tensors, torch.Tensor]:
         params = {n: self.static[n].unsqueeze(0).repeat(c, *([1] * self.static[n].dim())) for n in self.trainable}
