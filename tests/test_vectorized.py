@@ -106,6 +106,11 @@ def test_zerofill_round_equals_loop_with_unused_placeholders(tmp_path):
     assert torch.equal(vec[0].tensors["model/placeholders"], state.tensors["model/placeholders"])
 
 
+def test_attention_fusion_round_equals_loop(tmp_path):
+    cfg, shards, state = _setup(tmp_path, model={"embed_dim": 16, "hidden": 32, "fusion": "attention"}, train=ONE_EPOCH)
+    _assert_same_round(cfg, shards, state)
+
+
 class _GRUNet(nn.Module):
     """Modality ``a`` read as a sequence by a GRU."""
 

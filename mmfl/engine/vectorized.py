@@ -114,10 +114,13 @@ def client_train_vectorized(
     global_weights = state.model_weights()
     trainer.set_global(global_weights)
     t, round_index = cfg.train, state.round + 1
-    updates: list[ClientUpdate] = []
+    updates: dict[int, ClientUpdate] = {}
     device_s = output_s = 0.0
-    for start in range(0, len(client_ids), t.vector_chunk):
-        ids = client_ids[start : start + t.vector_chunk]
+    # Clients of similar size share a chunk, so few steps are padding; results keep the given order.
+    by_size = sorted(range(len(client_ids)), key=lambda i: len(shards[client_ids[i]]))
+    for start in range(0, len(by_size), t.vector_chunk):
+        positions = by_size[start : start + t.vector_chunk]
+        ids = [client_ids[i] for i in positions]
         seeds = [Context(cfg, spec, round_index, cid).seed() for cid in ids]
         t0 = time.perf_counter()
         result = trainer.train_chunk([shards[cid] for cid in ids], seeds, t.batch_size, t.local_epochs)
@@ -127,11 +130,11 @@ def client_train_vectorized(
         # One device-to-host copy per tensor for the whole chunk; clients get views of it.
         params = {n: p.detach().cpu() for n, p in result.params.items()}
         losses, steps = result.mean_loss.cpu().tolist(), result.steps.cpu().tolist()
-        for j, cid in enumerate(ids):
+        for j, (pos, cid) in enumerate(zip(positions, ids)):
             weights = {k: (params[k][j] if k in params else global_weights[k].detach().clone())
                        for k in trainer.state_keys}
-            updates.append(ClientUpdate(cid, len(shards[cid]), {f"model/{k}": v for k, v in weights.items()},
-                                        {"train_loss": float(losses[j]), "local_steps": float(steps[j])}))
+            updates[pos] = ClientUpdate(cid, len(shards[cid]), {f"model/{k}": v for k, v in weights.items()},
+                                        {"train_loss": float(losses[j]), "local_steps": float(steps[j])})
         device_s, output_s = device_s + t1 - t0, output_s + time.perf_counter() - t1
     last_timing.update(device_s=device_s, output_s=output_s)
-    return updates
+    return [updates[i] for i in range(len(client_ids))]
