@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= configs/quickstart.yaml
 HELM := .tools/helm
 
-.PHONY: install run test clean
+.PHONY: install run test clean bench
 
 install: $(STAMP)
 
@@ -92,3 +92,7 @@ bench-pmcmfl: install
 bench-flexmod: install
 	mkdir -p runs/bench
 	$(PY) bench/flexmod_efficiency.py --seeds 0 1 2 --plot runs/bench/flexmod_efficiency.png --mlflow sqlite:///mlruns.db
+
+## bench: vectorized client engine vs per-client loop vs Flower simulation; writes docs/benchmarks.md
+bench: install
+	PYTHONPATH=$(CURDIR) $(PY) -m bench.vectorized --out docs/benchmarks.md

@@ -159,6 +159,8 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     engine: Literal["loop", "vectorized"] = "loop"
     device: str = "cpu"
+    vector_chunk: int = Field(64, ge=1, description="Vectorized engine: clients trained together per chunk")
+    compile: bool = Field(False, description="Vectorized engine: torch.compile the per-step function")
 
 
 class EvalConfig(_Strict):
@@ -284,6 +286,8 @@ class ExperimentConfig(_Strict):
         """Stable id of what is computed: name, method and a hash of every setting that changes results."""
         payload = self.model_dump(exclude={"storage", "tracking", "eval", "reliability"})
         payload["train"].pop("device", None)
+        for key in ("vector_chunk", "compile"):  # execution settings; results are the same
+            payload["train"].pop(key, None)
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"{self.name}-{self.method.name}-{digest}"
 

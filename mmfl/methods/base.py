@@ -70,6 +70,7 @@ class Method:
     missing_strategy: ClassVar[MissingStrategy] = "mask"
     uses_prototypes: ClassVar[bool] = False
     uses_schedule: ClassVar[bool] = False
+    vectorizable: ClassVar[bool] = False  # a class sets True itself when engine/vectorized.py reproduces its local training
 
     # ---- model and state -------------------------------------------------------------------
     def build_model(self, spec: DataSpec, cfg: ExperimentConfig) -> nn.Module:

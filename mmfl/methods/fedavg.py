@@ -5,6 +5,7 @@ from mmfl.methods.base import Method
 
 class FedAvg(Method):
     name = "fedavg"
+    vectorizable = True
 
 
 METHOD = FedAvg()

@@ -18,6 +18,7 @@ class FedProxParams(BaseModel):
 class FedProx(Method):
     name = "fedprox"
     Params = FedProxParams
+    vectorizable = True
 
     def local_loss(self, model: nn.Module, inputs, present, labels, state: RoundState, ctx: Context) -> torch.Tensor:
         loss = super().local_loss(model, inputs, present, labels, state, ctx)
@@ -27,6 +28,15 @@ class FedProx(Method):
         anchor = state.model_weights()
         prox = sum(((p - anchor[n].to(p.device)) ** 2).sum() for n, p in model.named_parameters())
         return loss + 0.5 * mu * prox
+
+    def functional_penalty(
+        self, params: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor], ctx: Context
+    ) -> torch.Tensor | None:
+        """The proximal term on explicit parameters, for the vectorized engine (same value as in local_loss)."""
+        mu = ctx.params.mu
+        if mu == 0:
+            return None
+        return 0.5 * mu * sum(((p - anchor[n]) ** 2).sum() for n, p in params.items())
 
 
 METHOD = FedProx()

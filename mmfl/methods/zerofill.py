@@ -5,6 +5,7 @@ from mmfl.methods.base import Method
 
 class ZeroFill(Method):
     name = "zerofill"
+    vectorizable = True
     missing_strategy = "zero"
 
 

@@ -1,0 +1,90 @@
+"""One SGD step of many clients at once: ``torch.func`` over stacked per-client parameters.
+
+Each client's loss is the loop's loss (cross-entropy averaged over the real samples of its
+batch, plus an optional method penalty such as FedProx's proximal term); ``vmap`` of
+``grad_and_value`` gives every client its own gradient, and the update reproduces
+``torch.optim.SGD`` (weight decay added to the gradient, ``buf = momentum * buf + grad`` with
+``buf = grad`` on the first step, ``p -= lr * buf``). A client whose step is padding keeps its
+parameters and momentum as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+from torch.nn import functional as F
+
+Tensors = dict[str, torch.Tensor]
+Penalty = Callable[[Tensors, Tensors], "torch.Tensor | None"]
+
+
+@dataclass(frozen=True)
+class SGDSettings:
+    lr: float
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+
+def make_client_loss(model: nn.Module, fixed: Tensors, anchor: Tensors, penalty: Penalty | None) -> Callable:
+    """``loss(trainable, inputs, present, labels, weight)`` of ONE client, for ``torch.func``.
+
+    ``fixed`` holds the tensors that do not train (buffers, frozen or unused parameters);
+    ``anchor`` is the global model the penalty compares to.
+    """
+
+    def client_loss(trainable: Tensors, inputs: Tensors, present: torch.Tensor, labels: torch.Tensor,
+                    weight: torch.Tensor) -> torch.Tensor:
+        tensors = {**fixed, **trainable}
+        logits = functional_call(model, tensors, (inputs, present))
+        per_sample = F.cross_entropy(logits, labels, reduction="none")
+        loss = (per_sample * weight).sum() / weight.sum().clamp_min(1.0)
+        if penalty is not None:
+            params = {n: tensors[n] for n in anchor}
+            extra = penalty(params, anchor)
+            if extra is not None:
+                loss = loss + extra
+        return loss
+
+    return client_loss
+
+
+def make_step(client_loss: Callable, sgd: SGDSettings, masked: bool) -> Callable:
+    """``step(params, bufs, inputs, present, labels, weight, active) -> losses``, updating in place.
+
+    All tensors carry the client dimension first; ``params`` and ``bufs`` (momentum) are
+    overwritten with their values after the step, with the same ``_foreach`` arithmetic as
+    ``torch.optim.SGD``. ``masked=False`` skips the padding mask for steps where every client
+    is active (cheaper, same result).
+    """
+    per_client = vmap(grad_and_value(client_loss))
+
+    def step(params: Tensors, bufs: Tensors, inputs: Tensors, present: torch.Tensor, labels: torch.Tensor,
+             weight: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        grads, losses = per_client(params, inputs, present, labels, weight)
+        names = list(params)
+        p = [params[n] for n in names]
+        g = [grads[n] for n in names]
+        b = [bufs[n] for n in names]
+        if sgd.weight_decay:
+            torch._foreach_add_(g, p, alpha=sgd.weight_decay)
+        if not masked:
+            if sgd.momentum:
+                torch._foreach_mul_(b, sgd.momentum)
+                torch._foreach_add_(b, g)
+                g = b
+            torch._foreach_add_(p, g, alpha=-sgd.lr)
+            return losses
+        new_b = torch._foreach_add(torch._foreach_mul(b, sgd.momentum), g) if sgd.momentum else g
+        new_p = torch._foreach_add(p, new_b, alpha=-sgd.lr)
+        for i, name in enumerate(names):
+            keep = active.reshape(-1, *([1] * (p[i].dim() - 1)))
+            p[i].copy_(torch.where(keep, new_p[i], p[i]))
+            if sgd.momentum:
+                b[i].copy_(torch.where(keep, new_b[i], b[i]))
+        return losses
+
+    return step
