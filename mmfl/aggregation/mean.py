@@ -20,9 +20,12 @@ def weighted_mean(tensors: Sequence[dict[str, torch.Tensor]], weights: Sequence[
     for t in tensors[1:]:
         if t.keys() != keys:
             raise ValueError("parameter sets have different keys")
-    w = torch.tensor([float(x) / total for x in weights], dtype=torch.float64)
+    fractions = [float(x) / total for x in weights]
     out = {}
     for key in keys:
-        stacked = torch.stack([t[key].to(torch.float64) for t in tensors])
-        out[key] = torch.tensordot(w, stacked, dims=1).to(tensors[0][key].dtype)
+        # Accumulate in float64, one client at a time: no (clients x params) stack in memory.
+        acc = torch.zeros(tensors[0][key].shape, dtype=torch.float64, device=tensors[0][key].device)
+        for frac, t in zip(fractions, tensors):
+            acc.add_(t[key].to(torch.float64), alpha=frac)
+        out[key] = acc.to(tensors[0][key].dtype)
     return out
