@@ -88,26 +88,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_experiment_args(parser: argparse.ArgumentParser) -> None:
+    """Which experiments a command acts on: config files x methods x seeds, plus overrides."""
+    parser.add_argument("config", nargs="+", help="experiment YAML file(s)")
+    parser.add_argument("--method", action="append", help="this method (repeatable); overrides method.name")
+    parser.add_argument("--seed", action="append", type=int, help="this seed (repeatable)")
+    parser.add_argument("--rounds", type=int, help="override train.rounds (part of the experiment id)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any field, e.g. partition.alpha=0.1")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmfl", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run (or resume) experiments with the local engine")
-    run.add_argument("config", nargs="+", help="experiment YAML file(s)")
-    run.add_argument("--method", action="append", help="run this method (repeatable); overrides method.name")
-    run.add_argument("--seed", action="append", type=int, help="run with this seed (repeatable)")
-    run.add_argument("--rounds", type=int, help="override train.rounds")
-    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any field, e.g. partition.alpha=0.1")
+    _add_experiment_args(run)
     run.add_argument("--no-progress", action="store_true")
     run.set_defaults(func=cmd_run)
 
     ev = sub.add_parser("eval", help="evaluate stored checkpoints on every test pattern")
-    ev.add_argument("config", nargs="+", help="experiment YAML file(s)")
-    ev.add_argument("--method", action="append", help="evaluate this method's run (repeatable)")
-    ev.add_argument("--seed", action="append", type=int, help="evaluate the run with this seed (repeatable)")
-    ev.add_argument("--rounds", type=int, help="override train.rounds (part of the experiment id)")
-    ev.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any field")
+    _add_experiment_args(ev)
     ev.add_argument("--round", type=int, default=None, help="checkpoint round (default: the latest complete one)")
     ev.set_defaults(func=cmd_eval)
 

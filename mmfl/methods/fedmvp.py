@@ -30,7 +30,7 @@ from mmfl.data.types import DataSpec, MultimodalDataset
 from mmfl.engine.state import ClientUpdate, RoundState
 from mmfl.errors import ConfigError
 from mmfl.methods.base import Context, Method, derive_seed, get_params
-from mmfl.methods.frozen_common import log_communication, make_optimizer, tensor_bytes, train_on_features
+from mmfl.methods.frozen_common import make_optimizer, record_communication, tensor_bytes, train_on_features
 from mmfl.models.backbones import BackboneConfig, store_for
 from mmfl.models.completion import CaptionCompletion, check_completion
 from mmfl.models.feature_cache import cached_features, shared_cache
@@ -138,14 +138,10 @@ class FedMVP(Method):
         new = weighted_mean(weights, w.tolist())
         meta = dict(state.meta)
         out = RoundState(state.round + 1, state.with_model(new), meta)
-        down = tensor_bytes(new) * len(updates)
-        up = int(sum(u.metrics.get("bytes_up", 0.0) for u in updates))
         meta["cka_weights"] = list(meta.get("cka_weights", [])) + [
             {"round": out.round, "clients": [u.client_id for u in updates], "weights": [float(x) for x in w]}
         ]
-        meta["communication"] = list(meta.get("communication", [])) + [
-            log_communication(self.name, out.round, up, down, len(updates))
-        ]
+        record_communication(self.name, out, updates)
         return out
 
     @torch.no_grad()

@@ -31,7 +31,7 @@ from mmfl.data.types import DataSpec, MultimodalDataset
 from mmfl.engine.state import ClientUpdate, RoundState
 from mmfl.errors import ConfigError
 from mmfl.methods.base import Context, Method, derive_seed, get_params
-from mmfl.methods.frozen_common import image_text_roles, log_communication, make_optimizer, tensor_bytes, train_on_features
+from mmfl.methods.frozen_common import image_text_roles, make_optimizer, record_communication, tensor_bytes, train_on_features
 from mmfl.models.backbones import BackboneConfig, store_for
 from mmfl.models.feature_cache import cached_features, shared_cache
 from mmfl.models.prompted_vilt import PromptedVilt
@@ -157,11 +157,7 @@ class FedPrime(Method):
             meta["last_assignment"] = {str(u.client_id): a.tolist() for u, a in zip(updates, res.assignments)}
         out = RoundState(state.round + 1, {**{k: v for k, v in tensors.items() if not k.startswith("model/")},
                                            **{f"model/{k}": v for k, v in new_model.items()}}, meta)
-        down = tensor_bytes({k: v for k, v in out.tensors.items() if k.startswith("model/")}) * len(updates)
-        up = int(sum(u.metrics.get("bytes_up", 0.0) for u in updates))
-        meta["communication"] = list(meta.get("communication", [])) + [
-            log_communication(self.name, out.round, up, down, len(updates))
-        ]
+        record_communication(self.name, out, updates)
         return out
 
     # ---- inference ---------------------------------------------------------------------------

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from mmfl.data.types import DataSpec
+from mmfl.engine.state import ClientUpdate, RoundState
 from mmfl.errors import ConfigError
 from mmfl.methods.base import Context, iterate_batches
 
@@ -79,7 +80,14 @@ def train_on_features(
     return out
 
 
-def log_communication(method: str, round_index: int, bytes_up: int, bytes_down: int, clients: int) -> dict:
-    """One record per round of what travelled; also logged so runs show it without tracking."""
-    log.info("%s round %d: %d clients, %d bytes up, %d bytes down", method, round_index, clients, bytes_up, bytes_down)
-    return {"round": round_index, "clients": clients, "bytes_up": bytes_up, "bytes_down": bytes_down}
+def record_communication(method: str, state: RoundState, updates: Sequence[ClientUpdate]) -> None:
+    """Append this round's traffic to ``state.meta["communication"]`` and log it.
+
+    Up: what the clients reported sending (``bytes_up``); down: the trainable model part of the
+    new state, sent to each of the round's clients.
+    """
+    up = int(sum(u.metrics.get("bytes_up", 0.0) for u in updates))
+    down = tensor_bytes({k: v for k, v in state.tensors.items() if k.startswith("model/")}) * len(updates)
+    log.info("%s round %d: %d clients, %d bytes up, %d bytes down", method, state.round, len(updates), up, down)
+    record = {"round": state.round, "clients": len(updates), "bytes_up": up, "bytes_down": down}
+    state.meta["communication"] = list(state.meta.get("communication", [])) + [record]
