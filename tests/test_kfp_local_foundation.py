@@ -14,17 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmfl.config import parse_config
 from mmfl.engine.checkpoint import completed_rounds, load_round
 from mmfl.engine.local import run_experiment
 from mmfl.io.store import LocalStore
-from tests.conftest import tiny_config_dict
-from tests.helpers.image_text_fixtures import write_food101
+from tests.helpers.image_text_fixtures import tiny_food101_runs
 
 pytestmark = [pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-BACKBONE = {"image_size": 16, "patch_size": 8, "max_text_len": 12}
 
 
 @pytest.mark.parametrize("method,params", [("fedprime", {"pool_size": 4}), ("fedmvp", {"joint_dim": 16})])
@@ -33,16 +30,7 @@ def test_foundation_method_runs_as_kfp_components(tmp_path, monkeypatch, method,
 
     from pipelines.experiment import build_experiment_pipeline
 
-    food = write_food101(tmp_path / "food", {f"c{i}": 8 for i in range(3)})
-    raw = tiny_config_dict(
-        tmp_path,
-        data={"name": "food101", "path": str(food), "image_text": {"image_size": 16, "max_text_len": 12}},
-        partition={"scheme": "iid", "num_clients": 2, "min_client_size": 4},
-        method={"name": method, "params": {"backbone": BACKBONE, **params}},
-        train={"rounds": 1, "local_epochs": 1, "batch_size": 8, "lr": 0.01},
-    )
-    cfg = parse_config({**raw, "storage": {"kind": "local", "root": str(tmp_path / "pipe")}})
-    ref = parse_config({**raw, "storage": {"kind": "local", "root": str(tmp_path / "ref")}})
+    cfg, ref = tiny_food101_runs(tmp_path, method, params, rounds=1)
 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

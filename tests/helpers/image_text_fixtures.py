@@ -58,3 +58,26 @@ def write_mmimdb(root: Path, movies: list[list[str]], seed: int = 0) -> Path:
     split = {"train": ids[: len(ids) * 3 // 4], "dev": [], "test": ids[len(ids) * 3 // 4 :]}
     (root / "split.json").write_text(json.dumps(split))
     return root
+
+
+TINY_BACKBONE = {"image_size": 16, "patch_size": 8, "max_text_len": 12}
+
+
+def tiny_food101_runs(tmp_path: Path, method: str, params: dict, rounds: int) -> tuple:
+    """(pipeline config, reference config) of a foundation method on a tiny Food-101 fixture.
+
+    Both train the same experiment (same id) into different local stores: ``pipe`` and ``ref``.
+    """
+    from mmfl.config import parse_config
+    from tests.conftest import tiny_config_dict
+
+    food = write_food101(tmp_path / "food", {f"c{i}": 8 for i in range(3)})
+    raw = tiny_config_dict(
+        tmp_path,
+        data={"name": "food101", "path": str(food), "image_text": {"image_size": 16, "max_text_len": 12}},
+        partition={"scheme": "iid", "num_clients": 2, "min_client_size": 4},
+        method={"name": method, "params": {"backbone": TINY_BACKBONE, **params}},
+        train={"rounds": rounds, "local_epochs": 1, "batch_size": 8, "lr": 0.01},
+    )
+    return (parse_config({**raw, "storage": {"kind": "local", "root": str(tmp_path / "pipe")}}),
+            parse_config({**raw, "storage": {"kind": "local", "root": str(tmp_path / "ref")}}))
