@@ -99,6 +99,13 @@ def _round_status(cfg: ExperimentConfig, store: ArtifactStore, round_index: int)
     return None
 
 
+def _open_round(config_json: str, round_index: int) -> tuple[ExperimentConfig, ArtifactStore, str, str | None]:
+    """What every per-round task starts with: config, store, experiment id and the round's status."""
+    cfg = load_cfg(config_json)
+    store = store_of(cfg)
+    return cfg, store, cfg.experiment_id(), _round_status(cfg, store, round_index)
+
+
 def _skip(path: str, exp_id: str, round_index: int, reason: str) -> dict[str, Any]:
     return write_manifest(path, {"experiment_id": exp_id, "round": round_index, "skipped": reason,
                                  "state": round_prefix(exp_id, round_index)})
@@ -182,10 +189,8 @@ def client_train_task(config_json: str, start_round: int, offset: int, updates_p
     Inside a per-client ParallelFor the round is taken from the incoming state's manifest
     (``start_round < 0``), so the loop body needs no task-output parameter.
     """
-    cfg = load_cfg(config_json)
     r = round_of(start_round, offset) if start_round >= 0 else _manifest_round(state_manifest) + 1
-    store, exp_id = store_of(cfg), cfg.experiment_id()
-    status = _round_status(cfg, store, r)
+    cfg, store, exp_id, status = _open_round(config_json, r)
     if status:
         return _skip(updates_path, exp_id, r, status)
     clients = steps.sample_clients(cfg, r)
@@ -210,10 +215,8 @@ def _read_updates(store: ArtifactStore, manifests: list[dict[str, Any]]) -> list
 
 def upload_prototypes_task(config_json: str, start_round: int, offset: int, updates_manifest: str, uploads_path: str) -> dict[str, Any]:
     """Each client's prototypes attached to its update (a no-op copy for methods without them)."""
-    cfg = load_cfg(config_json)
     r = round_of(start_round, offset) if start_round >= 0 else _manifest_round(updates_manifest)
-    store, exp_id = store_of(cfg), cfg.experiment_id()
-    status = _round_status(cfg, store, r)
+    cfg, store, exp_id, status = _open_round(config_json, r)
     if status:
         return _skip(uploads_path, exp_id, r, status)
     manifest = read_manifest(updates_manifest)
@@ -231,9 +234,8 @@ def upload_prototypes_task(config_json: str, start_round: int, offset: int, upda
 
 def aggregate_task(config_json: str, start_round: int, offset: int, updates_manifests: list[str], state_path: str) -> dict[str, Any]:
     """Server aggregation of the round's updates (one manifest, or one per client after fan-out)."""
-    cfg = load_cfg(config_json)
-    store, exp_id, r = store_of(cfg), cfg.experiment_id(), round_of(start_round, offset)
-    status = _round_status(cfg, store, r)
+    r = round_of(start_round, offset)
+    cfg, store, exp_id, status = _open_round(config_json, r)
     if status:
         return _skip(state_path, exp_id, r, status)
     key = step_key(exp_id, r, "aggregate")
@@ -249,9 +251,8 @@ def aggregate_task(config_json: str, start_round: int, offset: int, updates_mani
 
 def schedule_task(config_json: str, start_round: int, offset: int, state_manifest: str, state_path: str) -> dict[str, Any]:
     """Server-side scheduling for the next round (FlexMod's DDPG); identity for other methods."""
-    cfg = load_cfg(config_json)
-    store, exp_id, r = store_of(cfg), cfg.experiment_id(), round_of(start_round, offset)
-    status = _round_status(cfg, store, r)
+    r = round_of(start_round, offset)
+    cfg, store, exp_id, status = _open_round(config_json, r)
     if status:
         return _skip(state_path, exp_id, r, status)
     key = step_key(exp_id, r, "schedule")
@@ -263,9 +264,8 @@ def schedule_task(config_json: str, start_round: int, offset: int, state_manifes
 
 def evaluate_task(config_json: str, start_round: int, offset: int, state_manifest: str, checkpoint_path: str) -> tuple[dict[str, Any], dict[str, float]]:
     """Evaluate (when due), log to MLflow, then commit the round checkpoint (metrics.json last)."""
-    cfg = load_cfg(config_json)
-    store, exp_id, r = store_of(cfg), cfg.experiment_id(), round_of(start_round, offset)
-    status = _round_status(cfg, store, r)
+    r = round_of(start_round, offset)
+    cfg, store, exp_id, status = _open_round(config_json, r)
     evaluation: dict[str, Any] | None = None
     if status is None:
         state = store.get_state(read_manifest(state_manifest)["state"])
