@@ -14,9 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-tools = pytest.importorskip("tests.helpers.tools", reason="the chart's helm helper (tests/helpers/tools.py) is absent")
-
-from tests.helpers.codescan import SECRET_NAME  # noqa: E402
+from tests.helpers import tools
+from tests.helpers.codescan import SECRET_NAME
 
 CHART = tools.ROOT / "charts" / "mmfl"
 if not (CHART / "Chart.yaml").exists():

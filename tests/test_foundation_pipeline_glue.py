@@ -14,8 +14,7 @@ from mmfl.engine.local import run_experiment
 from mmfl.io.store import LocalStore
 from tests.helpers.image_text_fixtures import tiny_food101_runs
 
-pytest.importorskip("mmfl.kfp.component_io")
-segments = pytest.importorskip("tests.test_kfp_segments")
+from tests import test_kfp_segments as segments
 
 
 @pytest.mark.parametrize("method,params", [("fedprime", {"pool_size": 4}), ("fedavg_prompts", {}),

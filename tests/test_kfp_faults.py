@@ -1,8 +1,6 @@
 """Faults inside the Kubeflow pipeline: failed and poisoned clients travel between tasks as
 artifacts, and a client_train task whose process dies mid-round is retried and the run completes
 with the result of the local engine.
-
-Needs the pipeline layer (``mmfl.kfp``, ``pipelines``, the S3 test server); skipped without it.
 """
 
 from __future__ import annotations
@@ -15,15 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-kfp_io = pytest.importorskip("mmfl.kfp.component_io", reason="the Kubeflow pipeline layer is not in this tree")
-pytest.importorskip("tests.helpers.s3", reason="the S3 test server helper is not in this tree")
-
-from mmfl.config import parse_config  # noqa: E402
-from mmfl.engine import robust  # noqa: E402
-from mmfl.engine.checkpoint import completed_rounds, load_round, round_prefix  # noqa: E402
-from mmfl.engine.local import run_experiment  # noqa: E402
-from mmfl.io.store import LocalStore  # noqa: E402
-from tests.conftest import tiny_config_dict  # noqa: E402
+import mmfl.kfp.component_io as kfp_io
+from mmfl.config import parse_config
+from mmfl.engine import robust
+from mmfl.engine.checkpoint import completed_rounds, load_round, round_prefix
+from mmfl.engine.local import run_experiment
+from mmfl.io.store import LocalStore
+from tests.conftest import tiny_config_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 

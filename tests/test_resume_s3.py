@@ -1,6 +1,6 @@
 """Kill a real ``mmfl run`` between rounds while its checkpoints go to S3, then resume from S3.
 
-Runs against the SeaweedFS S3 server with the MinIO store; skipped where those are not in the tree.
+Runs against the SeaweedFS S3 server with the MinIO store.
 """
 
 from __future__ import annotations
@@ -10,15 +10,12 @@ import uuid
 
 import pytest
 
-pytest.importorskip("mmfl.io.minio_store", reason="the S3 artifact store is not in this tree")
-pytest.importorskip("tests.helpers.s3", reason="the S3 test server helper is not in this tree")
-
-from mmfl.config import parse_config  # noqa: E402
-from mmfl.engine.checkpoint import resume_point, round_prefix  # noqa: E402
-from mmfl.engine.local import run_experiment  # noqa: E402
-from mmfl.io.store import LocalStore  # noqa: E402
-from tests.conftest import tiny_config_dict  # noqa: E402
-from tests.helpers.runs import assert_same_rounds, start_run, wait_until  # noqa: E402
+from mmfl.config import parse_config
+from mmfl.engine.checkpoint import resume_point, round_prefix
+from mmfl.engine.local import run_experiment
+from mmfl.io.store import LocalStore
+from tests.conftest import tiny_config_dict
+from tests.helpers.runs import assert_same_rounds, start_run, wait_until
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 ROUNDS = 3
