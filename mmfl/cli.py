@@ -34,7 +34,6 @@ def _configs(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from mmfl.data.missing import eval_patterns
     from mmfl.engine.local import run_experiment
     from mmfl.report import matrix_table
 

@@ -6,7 +6,6 @@ with the result of the local engine.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from pathlib import Path
 
@@ -20,8 +19,8 @@ from mmfl.engine.checkpoint import completed_rounds, load_round, round_prefix
 from mmfl.engine.local import run_experiment
 from mmfl.io.store import LocalStore
 from tests.conftest import tiny_config_dict
+from tests.helpers.kfp_local import start_kfp_local
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_round_tasks(config_json: str, workdir: Path) -> None:
@@ -64,7 +63,6 @@ def test_failed_and_poisoned_clients_travel_between_tasks(tmp_path):
 def test_client_step_killed_mid_round_in_kfp_local_pipeline(s3_server, mlflow_uri, tmp_path, monkeypatch):
     """client 1's training kills its task process (exit 137, as an OOM kill) on the first attempt:
     KFP retries the task, which now trains every client; client 3 raises and the quorum carries on."""
-    from kfp import local
     from mlflow.tracking import MlflowClient
 
     from mmfl.io.minio_store import MinioStore
@@ -80,11 +78,7 @@ def test_client_step_killed_mid_round_in_kfp_local_pipeline(s3_server, mlflow_ur
                                            "endpoint": s3_server.endpoint},
                         "tracking": {"enabled": True, "uri": mlflow_uri, "experiment": "kfp-faults"}})
     exp_id = cfg.experiment_id()
-    for key, value in s3_server.env().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.chdir(tmp_path)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp-root"))
+    start_kfp_local(tmp_path, monkeypatch, s3_server.env())
 
     pipeline = build_experiment_pipeline(cfg, settings=ClusterSettings(gpus=0, retries=1, backoff="0s"))
     pipeline(config_json=json.dumps(cfg.model_dump(mode="json")))

@@ -21,10 +21,10 @@ from mmfl.engine.local import run_experiment
 from mmfl.io.minio_store import MinioStore
 from mmfl.io.store import LocalStore
 from tests.conftest import tiny_config_dict
+from tests.helpers.kfp_local import start_kfp_local
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _metric_history(uri: str, run_id: str) -> dict[str, list[tuple[int, float]]]:
@@ -36,8 +36,6 @@ def _metric_history(uri: str, run_id: str) -> dict[str, list[tuple[int, float]]]
 
 
 def test_pipeline_matches_local_engine(s3_server, mlflow_uri, tmp_path, monkeypatch):
-    from kfp import local
-
     from pipelines.experiment import build_experiment_pipeline
 
     bucket = f"e2e-{uuid.uuid4().hex[:10]}"
@@ -50,11 +48,7 @@ def test_pipeline_matches_local_engine(s3_server, mlflow_uri, tmp_path, monkeypa
     exp_id = pipe_cfg.experiment_id()
 
     # credentials reach the task processes only through the environment, as from a Secret
-    for key, value in s3_server.env().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.chdir(tmp_path)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp-root"))
+    start_kfp_local(tmp_path, monkeypatch, s3_server.env())
 
     pipeline = build_experiment_pipeline(pipe_cfg)
     assert pipeline.rounds_per_run == 2
@@ -97,16 +91,12 @@ def test_pipeline_matches_local_engine(s3_server, mlflow_uri, tmp_path, monkeypa
                     reason="per-client fan-out under kfp.local takes minutes; set MMFL_SLOW_TESTS=1")
 def test_fan_out_pipeline_matches_local_engine(tmp_path, monkeypatch):
     """One client_train task per sampled client (ParallelFor) and dsl.Collected fan-in."""
-    from kfp import local
-
     from pipelines.experiment import build_experiment_pipeline
 
     raw = tiny_config_dict(tmp_path, train={"rounds": 1})
     cfg = parse_config({**raw, "storage": {"kind": "local", "root": str(tmp_path / "pipe")}})
     ref = parse_config({**raw, "storage": {"kind": "local", "root": str(tmp_path / "ref")}})
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.chdir(tmp_path)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp-root"))
+    start_kfp_local(tmp_path, monkeypatch)
     build_experiment_pipeline(cfg, fan_out=True)(config_json=json.dumps(cfg.model_dump(mode="json")))
     run_experiment(ref, progress=False)
     got, got_metrics = load_round(LocalStore(tmp_path / "pipe"), cfg.experiment_id(), 1)
@@ -122,16 +112,12 @@ def test_fan_out_pipeline_matches_local_engine(tmp_path, monkeypatch):
                     reason="the benchmark pipeline under kfp.local takes minutes; set MMFL_SLOW_TESTS=1")
 def test_benchmark_pipeline_runs(tmp_path, monkeypatch):
     """ParallelFor over the grid parameter, a fresh store prefix per run, fan-in to compare."""
-    from kfp import local
-
     from mmfl.kfp.benchmark import grid_configs
     from pipelines.benchmark import build_benchmark_pipeline
 
     cfg = parse_config(tiny_config_dict(tmp_path, train={"rounds": 1}))
     cells = grid_configs(cfg, ["fedavg", "zerofill"], [0.5], [0])
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.chdir(tmp_path)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp-root"))
+    start_kfp_local(tmp_path, monkeypatch)
     build_benchmark_pipeline(cells, name="local")()
     (run_dir,) = (Path(cfg.storage.root) / "benchmarks").iterdir()
     assert sorted(p.name for p in run_dir.iterdir()) == sorted(c.experiment_id() for c in cells)

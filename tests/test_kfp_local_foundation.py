@@ -8,9 +8,6 @@ tiny random ViLT/CLIP configurations, so nothing is downloaded.
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -18,24 +15,19 @@ from mmfl.engine.checkpoint import completed_rounds, load_round
 from mmfl.engine.local import run_experiment
 from mmfl.io.store import LocalStore
 from tests.helpers.image_text_fixtures import tiny_food101_runs
+from tests.helpers.kfp_local import start_kfp_local
 
 pytestmark = [pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("method,params", [("fedprime", {"pool_size": 4}), ("fedmvp", {"joint_dim": 16})])
 def test_foundation_method_runs_as_kfp_components(tmp_path, monkeypatch, method, params):
-    from kfp import local
-
     from pipelines.experiment import build_experiment_pipeline
 
     cfg, ref = tiny_food101_runs(tmp_path, method, params, rounds=1)
 
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.chdir(tmp_path)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp-root"))
+    start_kfp_local(tmp_path, monkeypatch, {"HF_HUB_OFFLINE": "1"})
     build_experiment_pipeline(cfg)(config_json=json.dumps(cfg.model_dump(mode="json")))
     run_experiment(ref, progress=False)
 

@@ -11,7 +11,6 @@ import signal
 from pathlib import Path
 
 import pytest
-import torch
 
 from mmfl.config import parse_config
 from mmfl.engine.checkpoint import resume_point, round_prefix

@@ -13,8 +13,6 @@ import os
 import time
 from pathlib import Path
 
-import torch
-
 from mmfl.config import ExperimentConfig, FaultSpec
 from mmfl.engine.state import ClientUpdate
 
