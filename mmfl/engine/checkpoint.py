@@ -44,9 +44,18 @@ def latest_round(store: ArtifactStore, exp_id: str) -> int | None:
     return done[-1] if done else None
 
 
+def load_metrics(store: ArtifactStore, exp_id: str, round_index: int) -> dict[str, Any]:
+    """A round's ``metrics.json`` alone (no tensors are read)."""
+    return store.get_json(f"{round_prefix(exp_id, round_index)}/metrics.json")
+
+
 def load_round(store: ArtifactStore, exp_id: str, round_index: int) -> tuple[RoundState, dict[str, Any]]:
-    prefix = round_prefix(exp_id, round_index)
-    return store.get_state(prefix), store.get_json(f"{prefix}/metrics.json")
+    return store.get_state(round_prefix(exp_id, round_index)), load_metrics(store, exp_id, round_index)
+
+
+def metrics_history(store: ArtifactStore, exp_id: str) -> list[dict[str, Any]]:
+    """Per-round metrics of every completed training round (round 0, the initial state, excluded)."""
+    return [load_metrics(store, exp_id, r) for r in completed_rounds(store, exp_id) if r > 0]
 
 
 def resume_point(store: ArtifactStore, exp_id: str) -> tuple[int, RoundState] | None:

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from mmfl.config import ExperimentConfig
 from mmfl.data.missing import eval_patterns
 from mmfl.engine import steps
-from mmfl.engine.checkpoint import completed_rounds, load_round, resume_point, round_prefix, save_round
+from mmfl.engine.checkpoint import metrics_history, resume_point, round_prefix, save_round
 from mmfl.engine.robust import RoundFailedError, clients_summary, record_round_clients
 from mmfl.io.store import ArtifactStore, open_store
 from mmfl.io.tracking import NullTracker, open_tracker
@@ -118,7 +118,7 @@ def run_experiment(
         if status != "RUNNING":
             tracker.finish(status)
 
-    history = [load_round(store, exp_id, r)[1] for r in completed_rounds(store, exp_id) if r > 0]
+    history = metrics_history(store, exp_id)
     final = history[-1]["eval"] if history and history[-1]["round"] == cfg.train.rounds else None
     result = ExperimentResult(exp_id, run_id, state.round, final, history, patterns, resumed_from=start)
     if final is not None and not isinstance(tracker, NullTracker):

@@ -33,7 +33,7 @@ from mmfl.config import ExperimentConfig, parse_config
 from mmfl.data.missing import eval_patterns
 from mmfl.data.types import DataSpec, MultimodalDataset
 from mmfl.engine import steps
-from mmfl.engine.checkpoint import completed_rounds, latest_round, load_round, round_prefix, save_round
+from mmfl.engine.checkpoint import latest_round, load_metrics, load_round, metrics_history, round_prefix, save_round
 from mmfl.engine.local import round_metrics
 from mmfl.engine.robust import clients_summary, record_round_clients
 from mmfl.engine.state import ClientUpdate
@@ -281,7 +281,7 @@ def evaluate_task(config_json: str, start_round: int, offset: int, state_manifes
         if r == cfg.train.rounds:
             finalize(cfg, store, tracker)
     elif status == "done":
-        evaluation = load_round(store, exp_id, r)[1].get("eval")
+        evaluation = load_metrics(store, exp_id, r).get("eval")
         if r == cfg.train.rounds and not _finalized(store, exp_id):
             finalize(cfg, store, _tracker(cfg, store))
     else:
@@ -300,7 +300,7 @@ def _finalized(store: ArtifactStore, exp_id: str) -> bool:
 def finalize(cfg: ExperimentConfig, store: ArtifactStore, tracker: Any) -> None:
     """After the last round: the test matrix, result and accuracy plot in the MLflow run; run finished."""
     exp_id = cfg.experiment_id()
-    history = [load_round(store, exp_id, r)[1] for r in completed_rounds(store, exp_id) if r > 0]
+    history = metrics_history(store, exp_id)
     final = history[-1]["eval"] if history else None
     if not isinstance(tracker, NullTracker) and final is not None:
         patterns = eval_patterns(load_spec(store, exp_id).names, cfg.eval.patterns)
