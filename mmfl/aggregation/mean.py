@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
+from mmfl.aggregation.stacked import StackView, accumulate_stacked, shape_dtype
 
-def weighted_mean(tensors: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
-    """sum_k w_k * t_k / sum_k w_k for every key; all dicts must share keys and shapes."""
+
+def weighted_mean(tensors: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
+    """sum_k w_k * t_k / sum_k w_k for every key; all mappings must share keys and shapes.
+
+    Accumulates in float64. Plain dicts are added one client at a time (no clients x params
+    stack in memory); rows of a ``ClientStack`` (``StackView``s from the vectorized engine) are
+    reduced where the stack lives, one reduction per tensor, without copying each client's
+    weights to the host.
+    """
     if not tensors:
         raise ValueError("weighted_mean needs at least one parameter set")
     if len(tensors) != len(weights):
@@ -16,16 +24,28 @@ def weighted_mean(tensors: Sequence[dict[str, torch.Tensor]], weights: Sequence[
     total = float(sum(weights))
     if total <= 0:
         raise ValueError(f"weights must sum to a positive number, got {total}")
-    keys = tensors[0].keys()
+    keys = list(tensors[0].keys())
     for t in tensors[1:]:
-        if t.keys() != keys:
+        if set(t.keys()) != set(keys):
             raise ValueError("parameter sets have different keys")
-    fractions = [float(x) / total for x in weights]
-    out = {}
     for key in keys:
-        # Accumulate in float64, one client at a time: no (clients x params) stack in memory.
-        acc = torch.zeros(tensors[0][key].shape, dtype=torch.float64, device=tensors[0][key].device)
-        for frac, t in zip(fractions, tensors):
-            acc.add_(t[key].to(torch.float64), alpha=frac)
-        out[key] = acc.to(tensors[0][key].dtype)
-    return out
+        shape = shape_dtype(tensors[0], key)[0]
+        for t in tensors[1:]:
+            if shape_dtype(t, key)[0] != shape:
+                raise ValueError(f"parameter {key!r} has shape {tuple(shape_dtype(t, key)[0])} in one set "
+                                 f"and {tuple(shape)} in another")
+    fractions = [float(x) / total for x in weights]
+    first = tensors[0]
+    acc = {key: torch.zeros(shape_dtype(first, key)[0], dtype=torch.float64) for key in keys}
+    groups: dict[tuple[int, str], tuple[list[StackView], list[float]]] = {}
+    for frac, t in zip(fractions, tensors):
+        if isinstance(t, StackView):
+            views, fracs = groups.setdefault((id(t.stack), t.prefix), ([], []))
+            views.append(t)
+            fracs.append(frac)
+            continue
+        for key in keys:
+            acc[key].add_(t[key].to(device="cpu", dtype=torch.float64), alpha=frac)
+    for views, fracs in groups.values():
+        accumulate_stacked(acc, views, fracs)
+    return {key: acc[key].to(shape_dtype(first, key)[1]) for key in keys}

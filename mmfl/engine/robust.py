@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from mmfl.aggregation.stacked import StackView, shape_dtype
 from mmfl.config import ExperimentConfig
 from mmfl.engine import faults
 from mmfl.engine.state import ClientUpdate, RoundState
@@ -158,8 +159,12 @@ def train_batch(cfg: ExperimentConfig, round_index: int, client_ids: Sequence[in
 # ---- screening updates ------------------------------------------------------------------------
 def update_distance(update: ClientUpdate, global_weights: dict[str, torch.Tensor]) -> float:
     """L2 norm of (update - global model) over the floating-point parameters both share."""
+    weights = update.model_weights()
+    if isinstance(weights, StackView):  # computed for the whole stack at once, where it lives
+        total = weights.summary(global_weights).sq_distance
+        return math.sqrt(total) if math.isfinite(total) else math.inf
     total = 0.0
-    for name, value in update.model_weights().items():
+    for name, value in weights.items():
         ref = global_weights.get(name)
         if ref is None or not value.is_floating_point():
             continue
@@ -167,22 +172,34 @@ def update_distance(update: ClientUpdate, global_weights: dict[str, torch.Tensor
     return math.sqrt(total) if math.isfinite(total) else math.inf
 
 
-def _static_problem(update: ClientUpdate, global_weights: dict[str, torch.Tensor]) -> str | None:
-    """What is wrong with one update on its own, or None."""
-    if not isinstance(update.num_samples, int) or update.num_samples <= 0:
-        return f"num_samples = {update.num_samples!r} (must be a positive integer)"
+def _nonfinite(update: ClientUpdate, global_weights: dict[str, torch.Tensor]) -> tuple[str, int, int] | None:
+    """The first tensor of the update holding NaN or inf, as (key, NaNs, infs), or None."""
+    if isinstance(update.tensors, StackView):
+        return update.model_weights().summary(global_weights).nonfinite
     for key, value in update.tensors.items():
         if value.is_floating_point() or value.is_complex():
             bad = ~torch.isfinite(value)
             if bool(bad.any()):
                 nans = int(torch.isnan(value).sum())
-                return f"non-finite values in {key} ({nans} NaN, {int(bad.sum()) - nans} inf)"
-    for name, value in update.model_weights().items():
+                return key, nans, int(bad.sum()) - nans
+    return None
+
+
+def _static_problem(update: ClientUpdate, global_weights: dict[str, torch.Tensor]) -> str | None:
+    """What is wrong with one update on its own, or None."""
+    if not isinstance(update.num_samples, int) or update.num_samples <= 0:
+        return f"num_samples = {update.num_samples!r} (must be a positive integer)"
+    bad = _nonfinite(update, global_weights)
+    if bad is not None:
+        return f"non-finite values in {bad[0]} ({bad[1]} NaN, {bad[2]} inf)"
+    weights = update.model_weights()
+    for name in weights:
         ref = global_weights.get(name)
         if ref is None:
             return f"parameter model/{name} is not in the global model"
-        if tuple(ref.shape) != tuple(value.shape):
-            return f"parameter model/{name} has shape {tuple(value.shape)}, global model {tuple(ref.shape)}"
+        shape = tuple(shape_dtype(weights, name)[0])
+        if tuple(ref.shape) != shape:
+            return f"parameter model/{name} has shape {shape}, global model {tuple(ref.shape)}"
     return None
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from mmfl.aggregation.stacked import StackView
 from mmfl.errors import ArtifactError
 
 
@@ -42,11 +44,13 @@ class ClientUpdate:
 
     client_id: int
     num_samples: int
-    tensors: dict[str, torch.Tensor]
+    tensors: Mapping[str, torch.Tensor]  # a dict, or a StackView (read-only row of a ClientStack)
     metrics: dict[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def model_weights(self) -> dict[str, torch.Tensor]:
+    def model_weights(self) -> Mapping[str, torch.Tensor]:
+        if isinstance(self.tensors, StackView):  # a row of the vectorized engine's stack: stays where it is
+            return self.tensors.strip("model/")
         return {k[len("model/"):]: v for k, v in self.tensors.items() if k.startswith("model/")}
 
 

@@ -9,6 +9,9 @@ is described by two masks: ``weight`` (which batch slots hold a real sample) and
 (which steps are real for a client). Padded slots point at sample 0 so that every gather stays
 in range; their weight is zero, and an inactive step leaves the client's parameters and
 momentum untouched.
+
+The schedule (small integer grids) is built on the host; the samples themselves are gathered
+where they live, so a trainer on a GPU keeps its clients' data there across rounds.
 """
 
 from __future__ import annotations
@@ -49,48 +52,73 @@ class ChunkBatches:
         )
 
 
-def client_batch_order(n: int, batch_size: int, epochs: int, seed: int) -> list[torch.Tensor]:
-    """The sample indices of each local step, in the per-client loop's order."""
-    gen = torch.Generator().manual_seed(seed)
-    order = []
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=gen)
-        order.extend(perm[start : start + batch_size] for start in range(0, n, batch_size))
-    return order
+@dataclass
+class ChunkSchedule:
+    """Which sample each (step, client, slot) reads: ``index`` (S, C, B) into the client's own shard."""
+
+    index: torch.Tensor
+    weight: torch.Tensor
+    active: torch.Tensor
+    steps: torch.Tensor
+
+
+def chunk_schedule(sizes: Sequence[int], seeds: Sequence[int], batch_size: int, epochs: int) -> ChunkSchedule:
+    """Pad the per-client batch orders of clients with ``sizes`` samples to a common (steps, batch) grid."""
+    if len(sizes) != len(seeds):
+        raise ValueError(f"{len(sizes)} shards but {len(seeds)} seeds")
+    if not sizes:
+        raise ValueError("a chunk needs at least one client")
+    if min(sizes) <= 0:
+        raise ValueError("a client shard is empty; every sampled client needs at least one sample")
+    c = len(sizes)
+    width = min(batch_size, max(sizes))
+    per_epoch = [math.ceil(n / batch_size) for n in sizes]
+    num_steps = epochs * max(per_epoch)
+    index = torch.zeros(num_steps, c, width, dtype=torch.long)
+    valid = torch.zeros(num_steps, c, width, dtype=torch.bool)
+    for j, (n, seed) in enumerate(zip(sizes, seeds)):
+        gen = torch.Generator().manual_seed(seed)
+        # The loop's order: one randperm per epoch, cut into consecutive batches of batch_size;
+        # -1 marks the slots after the last sample of an epoch.
+        padded = torch.full((epochs, per_epoch[j] * batch_size), -1, dtype=torch.long)
+        for e in range(epochs):
+            padded[e, :n] = torch.randperm(n, generator=gen)
+        grid = padded.reshape(epochs * per_epoch[j], batch_size)[:, :width]
+        index[: grid.shape[0], j] = grid.clamp_min(0)
+        valid[: grid.shape[0], j] = grid >= 0
+    steps = torch.tensor([epochs * k for k in per_epoch], dtype=torch.long)
+    active = torch.arange(num_steps).unsqueeze(1) < steps.unsqueeze(0)
+    return ChunkSchedule(index, valid.to(torch.float32), active, steps)
+
+
+def shard_tensors(shard: MultimodalDataset) -> dict[str, torch.Tensor]:
+    """The tensors a chunk gathers from: one per modality, plus ``present`` and ``labels``."""
+    return {**{f"input/{n}": shard.inputs[n] for n in shard.names}, "present": shard.present, "labels": shard.labels}
+
+
+def gather_batches(data: Sequence[dict[str, torch.Tensor]], schedule: ChunkSchedule,
+                   device: torch.device | str) -> ChunkBatches:
+    """All batches of a chunk from the clients' tensors (``shard_tensors``, already on ``device``).
+
+    The clients' samples are concatenated and read with one gather per tensor, so the data can
+    stay on the device between rounds and only the small index grid travels.
+    """
+    sizes = [int(d["labels"].shape[0]) for d in data]
+    offsets = torch.tensor([0, *sizes[:-1]], dtype=torch.long).cumsum(0)
+    flat_index = (schedule.index + offsets.view(1, -1, 1)).to(device)
+    out = {key: torch.cat([d[key] for d in data]).index_select(0, flat_index.reshape(-1)).reshape(
+        *flat_index.shape, *data[0][key].shape[1:]) for key in data[0]}
+    inputs = {k[len("input/"):]: v for k, v in out.items() if k.startswith("input/")}
+    return ChunkBatches(inputs, out["present"], out["labels"], schedule.weight.to(device),
+                        schedule.active.to(device), schedule.steps.to(device))
 
 
 def build_chunk_batches(
     shards: Sequence[MultimodalDataset], seeds: Sequence[int], batch_size: int, epochs: int
 ) -> ChunkBatches:
-    """Pad the batch schedules of ``shards`` to a common (steps, batch) grid and gather the data."""
-    if len(shards) != len(seeds):
-        raise ValueError(f"{len(shards)} shards but {len(seeds)} seeds")
-    if not shards:
-        raise ValueError("a chunk needs at least one client")
-    for shard in shards:
-        if len(shard) == 0:
-            raise ValueError("a client shard is empty; every sampled client needs at least one sample")
-    c = len(shards)
-    width = min(batch_size, max(len(s) for s in shards))
-    orders = [client_batch_order(len(s), batch_size, epochs, seed) for s, seed in zip(shards, seeds)]
-    num_steps = max(len(o) for o in orders)
-    index = torch.zeros(num_steps, c, width, dtype=torch.long)
-    weight = torch.zeros(num_steps, c, width)
-    active = torch.zeros(num_steps, c, dtype=torch.bool)
-    for j, order in enumerate(orders):
-        for s, idx in enumerate(order):
-            index[s, j, : len(idx)] = idx
-            weight[s, j, : len(idx)] = 1.0
-            active[s, j] = True
-    steps = torch.tensor([len(o) for o in orders], dtype=torch.long)
-
-    def gather(get) -> torch.Tensor:
-        # (C, S, B, ...) per client, then steps first so one step is a contiguous slice.
-        return torch.stack([get(shard)[index[:, j]] for j, shard in enumerate(shards)], dim=1)
-
-    names = shards[0].names
-    inputs = {n: gather(lambda sh, n=n: sh.inputs[n]) for n in names}
-    return ChunkBatches(inputs, gather(lambda sh: sh.present), gather(lambda sh: sh.labels), weight, active, steps)
+    """Pad the batch schedules of ``shards`` to a common (steps, batch) grid and gather the data (on the host)."""
+    schedule = chunk_schedule([len(s) for s in shards], seeds, batch_size, epochs)
+    return gather_batches([shard_tensors(s) for s in shards], schedule, "cpu")
 
 
 def num_local_steps(n: int, batch_size: int, epochs: int) -> int:

@@ -9,13 +9,14 @@ copies new global weights into them.
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from mmfl.data.types import MultimodalDataset
-from mmfl.engine.vector_batches import ChunkBatches, build_chunk_batches
+from mmfl.engine.vector_batches import ChunkBatches, chunk_schedule, gather_batches, shard_tensors
 from mmfl.engine.vector_probe import probe_reason, static_reason, unused_parameters
 from mmfl.engine.vector_step import Penalty, SGDSettings, Tensors, make_client_loss, make_step
 
@@ -33,12 +34,18 @@ class ChunkResult:
 
 class VectorTrainer:
     def __init__(self, model: nn.Module, global_weights: Tensors, sgd: SGDSettings, device: torch.device,
-                 penalty: Penalty | None = None, compile: bool = False, cuda_graph: bool = True):
+                 penalty: Penalty | None = None, compile: bool = False, cuda_graph: bool = True,
+                 static_buffers: bool = False):
         self.model = model.to(device)
         self.model.train()
         self.sgd, self.device, self.penalty = sgd, device, penalty
         self.compile = compile
         self.cuda_graph = cuda_graph and device.type == "cuda"
+        # Run chunks through the fixed buffers a CUDA graph replays from, without capturing:
+        # the graph's bookkeeping, checkable on any device.
+        self.static_buffers = static_buffers or self.cuda_graph
+        # Each client's samples on the device, kept while the shard object lives: id -> (ref, tensors).
+        self._resident: dict[int, tuple[weakref.ref, Tensors]] = {}
         self.param_names = [n for n, _ in model.named_parameters()]
         self.state_keys = list(model.state_dict().keys())
         # Static tensors the loss closes over; set_global() overwrites them in place each round.
@@ -87,20 +94,36 @@ class VectorTrainer:
                 v.copy_(weights[k].to(self.device))
 
     # ---- training --------------------------------------------------------------------------
+    def resident(self, shard: MultimodalDataset) -> Tensors:
+        """The shard's tensors on the trainer's device, copied there once and reused every round."""
+        if self.device.type == "cpu":
+            return shard_tensors(shard)
+        found = self._resident.get(id(shard))
+        if found is not None and found[0]() is shard:
+            return found[1]
+        for key in [k for k, (ref, _) in self._resident.items() if ref() is None]:
+            del self._resident[key]
+        tensors = {k: v.to(self.device) for k, v in shard_tensors(shard).items()}
+        try:
+            self._resident[id(shard)] = (weakref.ref(shard), tensors)
+        except TypeError:  # not weak-referenceable: copy every round instead of holding it forever
+            pass
+        return tensors
+
     def train_chunk(self, shards: list[MultimodalDataset], seeds: list[int], batch_size: int, epochs: int) -> ChunkResult:
-        host = build_chunk_batches(shards, seeds, batch_size, epochs)
-        all_active = host.active.all(dim=1).tolist()
-        batches = host.to(self.device)
+        schedule = chunk_schedule([len(s) for s in shards], seeds, batch_size, epochs)
+        all_active = schedule.active.all(dim=1).tolist()
+        batches = gather_batches([self.resident(s) for s in shards], schedule, self.device)
         c = len(shards)
-        if self.cuda_graph:
-            key = (c, host.num_steps, tuple(host.labels.shape), tuple(all_active))
+        if self.static_buffers:
+            key = (c, batches.num_steps, tuple(batches.labels.shape), tuple(all_active))
             graphed = self._graphs.get(key)
             if graphed is None:
                 try:
-                    graphed = _GraphedChunk(self, batches, all_active)
+                    graphed = _GraphedChunk(self, batches, all_active, capture=self.cuda_graph)
                 except Exception as exc:  # noqa: BLE001 - capture is an optimisation; eager is always correct
                     log.warning("vectorized: CUDA graph capture failed (%s); running eagerly", exc)
-                    self.cuda_graph = False
+                    self.cuda_graph = self.static_buffers = False
                     return self._eager(batches, all_active, c)
                 self._graphs[key] = graphed
             return graphed.replay(batches)
@@ -143,16 +166,21 @@ class _GraphedChunk:
 
     The graph reads only static tensors: the trainer's global copies, this object's parameter,
     momentum, loss and batch buffers. A replay copies the round's batches in, resets the
-    parameters to the global model and runs every step with one launch.
+    parameters to the global model and runs every step with one launch. With ``capture=False``
+    the same buffers are used but the steps run eagerly at each replay (on any device), which
+    checks this bookkeeping where no GPU is available.
     """
 
-    def __init__(self, trainer: VectorTrainer, batches: ChunkBatches, all_active: list[bool]):
-        self.trainer = trainer
+    def __init__(self, trainer: VectorTrainer, batches: ChunkBatches, all_active: list[bool], capture: bool = True):
+        self.trainer, self.all_active = trainer, all_active
         c = int(batches.labels.shape[1])
         self.batches = ChunkBatches({k: v.clone() for k, v in batches.inputs.items()}, batches.present.clone(),
                                     batches.labels.clone(), batches.weight.clone(), batches.active.clone(),
                                     batches.steps.clone())
         self.params, self.bufs, self.total = trainer.initial_state(c)
+        self.graph = None
+        if not capture:
+            return
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream), torch.no_grad():  # warm-up (allocator, cuBLAS handles, compile)
@@ -178,7 +206,12 @@ class _GraphedChunk:
             for name in ("present", "labels", "weight", "active", "steps"):
                 getattr(self.batches, name).copy_(getattr(batches, name))
         self._reset()
-        self.graph.replay()
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            with torch.no_grad():
+                self.trainer.run_steps(self.params, self.bufs, self.total, self.batches, self.all_active)
         steps = self.batches.steps
+        # Copies: the next chunk of the same shape replays into the same buffers.
         return ChunkResult({n: p.clone() for n, p in self.params.items()},
                            self.total / steps.clamp_min(1), steps.clone())

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from mmfl.aggregation.stacked import ClientStack
 from mmfl.config import ExperimentConfig
 from mmfl.data.types import DataSpec, MultimodalDataset
 from mmfl.engine.state import ClientUpdate, RoundState
@@ -55,17 +56,18 @@ def loop_train(method: Method, cfg: ExperimentConfig, state: RoundState,
             for cid in client_ids]
 
 
-def _setting_key(method: Method, cfg: ExperimentConfig, spec: DataSpec, cuda_graph: bool) -> str:
+def _setting_key(method: Method, cfg: ExperimentConfig, spec: DataSpec, cuda_graph: bool, static_buffers: bool) -> str:
     t = cfg.train
     return json.dumps([type(method).__module__, type(method).__qualname__, cfg.model.model_dump(), spec.to_json(),
-                       cfg.method.params, t.lr, t.momentum, t.weight_decay, t.device, t.compile, cuda_graph],
+                       cfg.method.params, t.lr, t.momentum, t.weight_decay, t.device, t.compile, cuda_graph,
+                       static_buffers],
                       sort_keys=True, default=str)
 
 
 def _trainer(method: Method, cfg: ExperimentConfig, state: RoundState, spec: DataSpec,
-             sample: MultimodalDataset, cuda_graph: bool) -> VectorTrainer | str:
+             sample: MultimodalDataset, cuda_graph: bool, static_buffers: bool) -> VectorTrainer | str:
     """A prepared trainer for this setting (reused across rounds), or the reason to use the loop."""
-    key = _setting_key(method, cfg, spec, cuda_graph)
+    key = _setting_key(method, cfg, spec, cuda_graph, static_buffers)
     found = _TRAINERS.get(key)
     if found is not None:
         _TRAINERS.move_to_end(key)
@@ -77,7 +79,7 @@ def _trainer(method: Method, cfg: ExperimentConfig, state: RoundState, spec: Dat
     model = method.load_model(state.model_weights(), ctx)
     trainer = VectorTrainer(model, state.model_weights(), SGDSettings(t.lr, t.momentum, t.weight_decay),
                             torch.device(t.device), penalty=penalty, compile=t.compile,
-                            cuda_graph=cuda_graph)
+                            cuda_graph=cuda_graph, static_buffers=static_buffers)
     reason = trainer.prepare(sample)
     found = reason if reason else trainer
     _TRAINERS[key] = found
@@ -88,12 +90,18 @@ def _trainer(method: Method, cfg: ExperimentConfig, state: RoundState, spec: Dat
 
 def client_train_vectorized(
     cfg: ExperimentConfig, state: RoundState, shards: Mapping[int, MultimodalDataset], client_ids: Sequence[int],
-    method: Method | None = None, cuda_graph: bool = True,
+    method: Method | None = None, cuda_graph: bool = True, static_buffers: bool = False,
 ) -> list[ClientUpdate]:
     """Train ``client_ids`` from the global state of the round, ``train.vector_chunk`` clients at a time.
 
     ``method`` overrides the configured method (benchmarks pass their own model); ``cuda_graph``
-    allows capturing each chunk's local steps as one CUDA graph when ``train.device`` is a GPU.
+    allows capturing each chunk's local steps as one CUDA graph when ``train.device`` is a GPU;
+    ``static_buffers`` runs chunks through the graph's fixed buffers without capturing (a check
+    of that path on any device).
+
+    Each chunk's trained weights stay stacked on the training device (a ``ClientStack``); every
+    update's ``tensors`` is a read-only ``StackView`` of its row, copied to the host only when
+    read. FedAvg's mean and update screening read the stack directly.
     """
     method = method or get_method(cfg.method.name)
     client_ids = list(client_ids)
@@ -102,7 +110,7 @@ def client_train_vectorized(
     reason = method_reason(method)
     if reason is None:
         spec = DataSpec.from_json(state.meta["data_spec"])
-        found = _trainer(method, cfg, state, spec, shards[client_ids[0]], cuda_graph)
+        found = _trainer(method, cfg, state, spec, shards[client_ids[0]], cuda_graph, static_buffers)
         reason = found if isinstance(found, str) else None
     if reason is not None:
         # Said loudly once per setting and process, then quietly every further round.
@@ -127,13 +135,12 @@ def client_train_vectorized(
         if trainer.device.type == "cuda":
             torch.cuda.synchronize(trainer.device)
         t1 = time.perf_counter()
-        # One device-to-host copy per tensor for the whole chunk; clients get views of it.
-        params = {n: p.detach().cpu() for n, p in result.params.items()}
         losses, steps = result.mean_loss.cpu().tolist(), result.steps.cpu().tolist()
+        stack = ClientStack({f"model/{k}": v.detach() for k, v in result.params.items()},
+                            {f"model/{k}": global_weights[k] for k in trainer.state_keys if k not in result.params},
+                            [f"model/{k}" for k in trainer.state_keys])
         for j, (pos, cid) in enumerate(zip(positions, ids)):
-            weights = {k: (params[k][j] if k in params else global_weights[k].detach().clone())
-                       for k in trainer.state_keys}
-            updates[pos] = ClientUpdate(cid, len(shards[cid]), {f"model/{k}": v for k, v in weights.items()},
+            updates[pos] = ClientUpdate(cid, len(shards[cid]), stack.view(j),
                                         {"train_loss": float(losses[j]), "local_steps": float(steps[j])})
         device_s, output_s = device_s + t1 - t0, output_s + time.perf_counter() - t1
     last_timing.update(device_s=device_s, output_s=output_s)
