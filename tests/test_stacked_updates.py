@@ -54,6 +54,12 @@ def test_stacked_mean_equals_the_mean_of_host_copies(trained):
     ref = weighted_mean([u.model_weights() for u in plain], sizes)
     got = weighted_mean([u.model_weights() for u in vec], sizes)
     assert _max_diff(ref, got) < 1e-7
+    # Every row of one stack in order (read in place), against the same rows as host copies.
+    stack = vec[0].tensors.stack
+    rows = [stack.view(j) for j in range(stack.size)]
+    w = [float(j + 1) for j in range(stack.size)]
+    ref = weighted_mean([{k: v.clone() for k, v in r.items()} for r in rows], w)
+    assert _max_diff(ref, weighted_mean(rows, w)) < 1e-7
     # Some rows of a stack, out of order, mixed with ordinary dicts and rows of another stack.
     pick = [3, 0, 2]
     mixed = [vec[3].model_weights(), plain[0].model_weights(), vec[2].model_weights()]

@@ -103,14 +103,22 @@ def gather_batches(data: Sequence[dict[str, torch.Tensor]], schedule: ChunkSched
     The clients' samples are concatenated and read with one gather per tensor, so the data can
     stay on the device between rounds and only the small index grid travels.
     """
+    device = torch.device(device)
     sizes = [int(d["labels"].shape[0]) for d in data]
     offsets = torch.tensor([0, *sizes[:-1]], dtype=torch.long).cumsum(0)
-    flat_index = (schedule.index + offsets.view(1, -1, 1)).to(device)
+    flat_index = _to(schedule.index + offsets.view(1, -1, 1), device)
     out = {key: torch.cat([d[key] for d in data]).index_select(0, flat_index.reshape(-1)).reshape(
         *flat_index.shape, *data[0][key].shape[1:]) for key in data[0]}
     inputs = {k[len("input/"):]: v for k, v in out.items() if k.startswith("input/")}
-    return ChunkBatches(inputs, out["present"], out["labels"], schedule.weight.to(device),
-                        schedule.active.to(device), schedule.steps.to(device))
+    return ChunkBatches(inputs, out["present"], out["labels"], _to(schedule.weight, device),
+                        _to(schedule.active, device), _to(schedule.steps, device))
+
+
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host tensor to ``device``; to a GPU through pinned memory, without making the host wait."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def build_chunk_batches(
