@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmfl.aggregation import weighted_mean
-from mmfl.aggregation.stacked import ClientStack, StackView
+from mmfl.aggregation.stacked import ClientStack, StackView, accumulate_stacked
 from mmfl.config import parse_config
 from mmfl.engine import robust, steps
 from mmfl.engine.state import ClientUpdate, update_from_bytes, update_to_bytes
@@ -65,6 +65,26 @@ def test_stacked_mean_equals_the_mean_of_host_copies(trained):
     mixed = [vec[3].model_weights(), plain[0].model_weights(), vec[2].model_weights()]
     ref = weighted_mean([plain[i].model_weights() for i in pick], [sizes[i] for i in pick])
     assert _max_diff(ref, weighted_mean(mixed, [sizes[i] for i in pick])) < 1e-7
+
+
+@pytest.mark.parametrize("rows", [[0, 1, 2, 3], [3, 1]], ids=["whole stack", "some rows"])
+def test_blocked_reduction_equals_row_by_row(rows, monkeypatch):
+    """The accelerator's reduction (blocks of rows, one product each), forced here on the host."""
+    gen = torch.Generator().manual_seed(0)
+    stack = ClientStack({"w": torch.randn(4, 5, 3, generator=gen), "b": torch.randn(4, 7, generator=gen)},
+                        {"s": torch.randn(2, generator=gen)}, ["w", "s", "b"])
+    views = [stack.view(j) for j in rows]
+    fracs = [0.1 * (j + 1) for j in rows]
+    shapes = {"w": (5, 3), "s": (2,), "b": (7,)}
+    monkeypatch.setattr("mmfl.aggregation.stacked._BLOCK_BYTES", 8 * 15 * 3)  # three rows of w per block
+    got = {k: torch.zeros(v, dtype=torch.float64) for k, v in shapes.items()}
+    accumulate_stacked(got, views, fracs, blocked=True)
+    ref = {k: torch.zeros(v, dtype=torch.float64) for k, v in shapes.items()}
+    accumulate_stacked(ref, views, fracs, blocked=False)
+    by_hand = {k: sum(f * v[k].double() for f, v in zip(fracs, views)) for k in shapes}
+    for k in shapes:
+        assert torch.allclose(got[k], ref[k], rtol=0, atol=1e-12)
+        assert torch.allclose(got[k], by_hand[k], rtol=0, atol=1e-12)
 
 
 def test_weighted_mean_names_a_shape_mismatch():

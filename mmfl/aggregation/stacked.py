@@ -157,8 +157,14 @@ def shape_dtype(tensors: Mapping[str, torch.Tensor], key: str) -> tuple[torch.Si
     return tensors[key].shape, tensors[key].dtype
 
 
-def accumulate_stacked(acc: dict[str, torch.Tensor], views: Sequence[StackView], fractions: Sequence[float]) -> None:
-    """``acc[key] += sum_j fractions[j] * view_j[key]`` (float64) for views of ONE stack, stack by stack in blocks."""
+def accumulate_stacked(acc: dict[str, torch.Tensor], views: Sequence[StackView], fractions: Sequence[float],
+                       blocked: bool | None = None) -> None:
+    """``acc[key] += sum_j fractions[j] * view_j[key]`` (float64) for views of ONE stack.
+
+    On an accelerator, one matrix-vector product per block of rows (no per-row launches, no
+    copies to the host but the result); on the host, row by row, as for ordinary dicts.
+    ``blocked`` forces one or the other.
+    """
     stack, prefix = views[0].stack, views[0].prefix
     device = next(iter(stack.stacked.values())).device if stack.stacked else torch.device("cpu")
     index = torch.tensor([v.index for v in views], dtype=torch.long, device=device)
@@ -171,6 +177,11 @@ def accumulate_stacked(acc: dict[str, torch.Tensor], views: Sequence[StackView],
             acc[key].add_(stack.shared[full].to(torch.float64), alpha=total)
             continue
         src = stack.stacked[full]
+        if not (blocked if blocked is not None else src.device.type != "cpu"):
+            # On the host, row after row stays in cache; big float64 blocks would only add page faults.
+            for view, f in zip(views, fractions):
+                acc[key].add_(src[view.index].to(torch.float64), alpha=f)
+            continue
         numel = max(1, src[0].numel())
         block = max(1, _BLOCK_BYTES // (8 * numel))
         part = torch.zeros(numel, dtype=torch.float64, device=device)
