@@ -158,3 +158,21 @@ def test_graph_buffers_replayed_over_rounds_equal_the_loop(tmp_path):
         state_loop, state_vec = steps.aggregate(cfg, state_loop, loop), steps.aggregate(cfg, state_vec, vec)
         assert _max_diff(state_loop.tensors, state_vec.tensors) < TOL
     assert _max_diff(state_vec.tensors, steps.init_state(cfg, data.spec).tensors) > 1e-3
+
+
+def test_captured_chunks_are_bounded(tmp_path, monkeypatch):
+    """Chunk shapes change with the sampled clients; the trainer keeps only the most recent ones."""
+    from mmfl.engine import vector_trainer, vectorized
+
+    monkeypatch.setattr(vector_trainer, "MAX_GRAPHS", 2)
+    cfg, shards, state = _setup(tmp_path, train={"local_epochs": 1, "vector_chunk": 1})
+    ids = list(shards)
+    sizes = {len(shards[c]) for c in ids}
+    assert len(sizes) > 2  # more chunk shapes than the bound
+    client_train_vectorized(cfg, state, shards, ids, static_buffers=True)
+    trainers = [t for t in vectorized._TRAINERS.values() if not isinstance(t, str) and t.static_buffers]
+    assert trainers and all(len(t._graphs) <= 2 for t in trainers)
+    again = client_train_vectorized(cfg, state, shards, ids, static_buffers=True)  # evicted shapes rebuilt
+    loop = steps.client_train(cfg, state, shards, ids)
+    for a, b in zip(loop, again):
+        assert _max_diff(a.tensors, dict(b.tensors)) < TOL

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,10 @@ from mmfl.engine.vector_probe import probe_reason, static_reason, unused_paramet
 from mmfl.engine.vector_step import Penalty, SGDSettings, Tensors, make_client_loss, make_step
 
 log = logging.getLogger(__name__)
+
+# Chunk shapes (clients, steps, batch width) kept captured at once. Sampled clients of varied
+# sizes give new shapes; older graphs and their buffers are released beyond this many.
+MAX_GRAPHS = 8
 
 
 @dataclass
@@ -52,7 +57,8 @@ class VectorTrainer:
         self.static: Tensors = {k: v.detach().to(device).clone() for k, v in global_weights.items()}
         self.trainable: list[str] = []
         self.anchor: Tensors = {n: self.static[n] for n in self.param_names}
-        self._graphs: dict[tuple, _GraphedChunk] = {}
+        # Captured chunks by shape, least recently used first; each holds its own device buffers.
+        self._graphs: OrderedDict[tuple, _GraphedChunk] = OrderedDict()
         self._steps: dict[bool, object] = {}
 
     # ---- setup -----------------------------------------------------------------------------
@@ -118,6 +124,8 @@ class VectorTrainer:
         if self.static_buffers:
             key = (c, batches.num_steps, tuple(batches.labels.shape), tuple(all_active))
             graphed = self._graphs.get(key)
+            if graphed is not None:
+                self._graphs.move_to_end(key)
             if graphed is None:
                 try:
                     graphed = _GraphedChunk(self, batches, all_active, capture=self.cuda_graph)
@@ -126,6 +134,8 @@ class VectorTrainer:
                     self.cuda_graph = self.static_buffers = False
                     return self._eager(batches, all_active, c)
                 self._graphs[key] = graphed
+                while len(self._graphs) > MAX_GRAPHS:
+                    self._graphs.popitem(last=False)
             return graphed.replay(batches)
         try:
             return self._eager(batches, all_active, c)
