@@ -161,6 +161,11 @@ class TrainConfig(_Strict):
     device: str = "cpu"
     vector_chunk: int = Field(64, ge=1, description="Vectorized engine: clients trained together per chunk")
     compile: bool = Field(False, description="Vectorized engine: torch.compile the per-step function")
+    threads: int | None = Field(
+        None, ge=1, le=1024,
+        description="torch intra-op threads of the training process (default: torch's, one per core); "
+                    "1 is often fastest for small models on a machine shared with other jobs",
+    )
 
 
 class EvalConfig(_Strict):
@@ -286,7 +291,7 @@ class ExperimentConfig(_Strict):
         """Stable id of what is computed: name, method and a hash of every setting that changes results."""
         payload = self.model_dump(exclude={"storage", "tracking", "eval", "reliability"})
         payload["train"].pop("device", None)
-        for key in ("vector_chunk", "compile"):  # execution settings; results are the same
+        for key in ("vector_chunk", "compile", "threads"):  # execution settings; results are the same
             payload["train"].pop(key, None)
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"{self.name}-{self.method.name}-{digest}"

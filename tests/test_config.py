@@ -83,7 +83,8 @@ def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
 
 def test_experiment_id_depends_on_results_not_on_where_they_go():
     base = ExperimentConfig()
-    same = parse_config({"tracking": {"experiment": "other"}, "storage": {"root": "/elsewhere"}, "eval": {"every": 2}})
+    same = parse_config({"tracking": {"experiment": "other"}, "storage": {"root": "/elsewhere"}, "eval": {"every": 2},
+                         "train": {"threads": 3, "vector_chunk": 7, "compile": True}})
     different = parse_config({"partition": {"alpha": 0.3}})
     assert base.experiment_id() == same.experiment_id()
     assert base.experiment_id() != different.experiment_id()

@@ -2,11 +2,13 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from mmfl.config import parse_config
 from mmfl.engine.checkpoint import completed_rounds, load_round
 from mmfl.engine.local import run_experiment
+from mmfl.errors import ConfigError
 from mmfl.io.store import LocalStore
 from tests.conftest import tiny_config_dict
 
@@ -53,3 +55,16 @@ def test_quickstart_config_runs_on_real_mfeat_data(tmp_path):
     assert result.rounds_done == 5
     assert set(result.final) == {"full", "only:pix", "only:fou"}
     assert result.final["full"]["acc"] > 0.2  # five rounds already beat chance (0.1) on 10 digits
+
+
+def test_train_threads_sets_torch_threads_for_the_run(tmp_path):
+    before = torch.get_num_threads()
+    other = 2 if before != 2 else 1
+    cfg = parse_config(tiny_config_dict(tmp_path, train={"rounds": 1, "threads": other}))
+    try:
+        run_experiment(cfg, progress=False)
+        assert torch.get_num_threads() == other
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ConfigError, match="train.threads"):
+        parse_config(tiny_config_dict(tmp_path, train={"threads": 0}))

@@ -59,6 +59,7 @@ def run_experiment(
     store = store or open_store(cfg.storage.kind, cfg.storage.root, cfg.storage.bucket, cfg.storage.endpoint, cfg.storage.secure)
     tracker = tracker or open_tracker(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment)
     exp_id = cfg.experiment_id()
+    steps.apply_execution_settings(cfg)
     data = steps.prepare_data(cfg)
     patterns = eval_patterns(data.spec.names, cfg.eval.patterns)
     shards = dict(enumerate(data.clients))

@@ -25,6 +25,12 @@ from mmfl.methods import Method, get_method
 from mmfl.methods.base import Context
 
 
+def apply_execution_settings(cfg: ExperimentConfig) -> None:
+    """Process-wide settings of the config (``train.threads``); a step runner calls this once at start."""
+    if cfg.train.threads is not None and torch.get_num_threads() != cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+
+
 def method_of(cfg: ExperimentConfig) -> Method:
     return get_method(cfg.method.name)
 

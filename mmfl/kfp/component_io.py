@@ -102,6 +102,7 @@ def _round_status(cfg: ExperimentConfig, store: ArtifactStore, round_index: int)
 def _open_round(config_json: str, round_index: int) -> tuple[ExperimentConfig, ArtifactStore, str, str | None]:
     """What every per-round task starts with: config, store, experiment id and the round's status."""
     cfg = load_cfg(config_json)
+    steps.apply_execution_settings(cfg)
     store = store_of(cfg)
     return cfg, store, cfg.experiment_id(), _round_status(cfg, store, round_index)
 
