@@ -25,9 +25,10 @@ def _configs(args: argparse.Namespace):
     for path in args.config:
         for method in methods:
             for seed in seeds:
-                extra = list(overrides)
-                if method is not None:
-                    extra += [f"method.name={method}", "method.params={}"]
+                # --method resets the params of the file's method; --set comes after, so that
+                # e.g. --method fedprox --set method.params.mu=0.1 sets mu of FedProx.
+                extra = [f"method.name={method}", "method.params={}"] if method is not None else []
+                extra += overrides
                 if seed is not None:
                     extra.append(f"seed={seed}")
                 yield load_config(path, extra)

@@ -49,3 +49,19 @@ def test_eval_scores_a_stored_checkpoint_and_names_missing_ones(tmp_path):
     out = _mmfl(["eval", "exp.yaml", "--round", "1"], tmp_path)
     assert out.returncode == 0, out.stderr
     assert "only:b" in out.stdout and "│ 1 " in out.stdout
+
+
+def test_set_overrides_the_params_that_method_resets(tmp_path):
+    from mmfl.cli import _configs, build_parser
+
+    cfg = tiny_config_dict(tmp_path, method={"name": "fedprox", "params": {"mu": 0.5}})
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
+    args = build_parser().parse_args(["run", str(tmp_path / "exp.yaml"), "--method", "fedprox", "--method", "fedavg",
+                                      "--set", "seed=9", "--seed", "3"])
+    plain = list(_configs(args))
+    assert [(c.method.name, c.method.params, c.seed) for c in plain] == [("fedprox", {"mu": 0.01}, 3), ("fedavg", {}, 3)]
+    args = build_parser().parse_args(["run", str(tmp_path / "exp.yaml"), "--method", "fedprox",
+                                      "--set", "method.params.mu=0.1"])
+    (tuned,) = _configs(args)
+    assert tuned.method.params == {"mu": 0.1}
+    assert tuned.experiment_id() != plain[0].experiment_id()
