@@ -214,10 +214,14 @@ def test_batch_training_failures_are_per_client(round_one):
 
 
 # ---- end to end through the local engine -----------------------------------------------------------
-def test_run_with_faults_completes_and_records_clients(tmp_path):
+@pytest.mark.parametrize("engine", ["loop", "vectorized"])
+def test_run_with_faults_completes_and_records_clients(tmp_path, engine):
+    # With the vectorized engine, accepted updates are rows of the stacks and the poisoned ones
+    # are host copies altered by fault injection: screening and the mean see both kinds.
     faults = [{"round": 2, "client": 1, "mode": "raise"}, {"round": 3, "client": 2, "mode": "scale"},
               {"round": 3, "client": 0, "mode": "nan"}]
-    cfg = parse_config(tiny_config_dict(tmp_path, reliability={"fault_injection": faults}))
+    cfg = parse_config(tiny_config_dict(tmp_path, reliability={"fault_injection": faults},
+                                        train={"engine": engine, "vector_chunk": 2}))
     result = run_experiment(cfg, progress=False)
     assert result.rounds_done == 3
     clients = {h["round"]: h["clients"] for h in result.history}
