@@ -176,3 +176,21 @@ def test_captured_chunks_are_bounded(tmp_path, monkeypatch):
     loop = steps.client_train(cfg, state, shards, ids)
     for a, b in zip(loop, again):
         assert _max_diff(a.tensors, dict(b.tensors)) < TOL
+
+
+def test_failed_capture_falls_back_to_eager_and_says_so(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from mmfl.engine import vector_trainer
+
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(vector_trainer._GraphedChunk, "__init__", refuse)
+    cfg, shards, state = _setup(tmp_path, train={"local_epochs": 1, "lr": 0.07})
+    ids = steps.sample_clients(cfg, 1)
+    with caplog.at_level(logging.WARNING, logger="mmfl.engine.vector_trainer"):
+        vec = client_train_vectorized(cfg, state, shards, ids, static_buffers=True)
+    assert any("capture or replay failed" in r.message and "stream is capturing" in r.message for r in caplog.records)
+    for a, b in zip(steps.client_train(cfg, state, shards, ids), vec):
+        assert _max_diff(a.tensors, dict(b.tensors)) < TOL

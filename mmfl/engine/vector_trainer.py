@@ -122,21 +122,13 @@ class VectorTrainer:
         batches = gather_batches([self.resident(s) for s in shards], schedule, self.device)
         c = len(shards)
         if self.static_buffers:
-            key = (c, batches.num_steps, tuple(batches.labels.shape), tuple(all_active))
-            graphed = self._graphs.get(key)
-            if graphed is not None:
-                self._graphs.move_to_end(key)
-            if graphed is None:
-                try:
-                    graphed = _GraphedChunk(self, batches, all_active, capture=self.cuda_graph)
-                except Exception as exc:  # noqa: BLE001 - capture is an optimisation; eager is always correct
-                    log.warning("vectorized: CUDA graph capture failed (%s); running eagerly", exc)
-                    self.cuda_graph = self.static_buffers = False
-                    return self._eager(batches, all_active, c)
-                self._graphs[key] = graphed
-                while len(self._graphs) > MAX_GRAPHS:
-                    self._graphs.popitem(last=False)
-            return graphed.replay(batches)
+            try:
+                return self._replay(batches, all_active, c)
+            except Exception as exc:  # noqa: BLE001 - capture is an optimisation; eager is always correct
+                log.warning("vectorized: CUDA graph capture or replay failed (%s: %s); running eagerly",
+                            type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+                self.cuda_graph = self.static_buffers = False
+                self._graphs.clear()
         try:
             return self._eager(batches, all_active, c)
         except Exception as exc:  # noqa: BLE001 - e.g. no C++ compiler for inductor: the eager step is exact
@@ -147,6 +139,16 @@ class VectorTrainer:
             self.compile = False
             self._build_steps()
             return self._eager(batches, all_active, c)
+
+    def _replay(self, batches: ChunkBatches, all_active: list[bool], c: int) -> ChunkResult:
+        key = (c, batches.num_steps, tuple(batches.labels.shape), tuple(all_active))
+        graphed = self._graphs.get(key)
+        if graphed is None:
+            graphed = self._graphs[key] = _GraphedChunk(self, batches, all_active, capture=self.cuda_graph)
+            while len(self._graphs) > MAX_GRAPHS:
+                self._graphs.popitem(last=False)
+        self._graphs.move_to_end(key)
+        return graphed.replay(batches)
 
     def initial_state(self, c: int) -> tuple[Tensors, Tensors, torch.Tensor]:
         params = {n: self.static[n].unsqueeze(0).repeat(c, *([1] * self.static[n].dim())) for n in self.trainable}
