@@ -88,6 +88,13 @@ def _trainer(method: Method, cfg: ExperimentConfig, state: RoundState, spec: Dat
     return found
 
 
+def _device_memory_low(result, device: torch.device) -> bool:
+    """Less free device memory than twice what this chunk's trained weights take."""
+    held = sum(v.numel() * v.element_size() for v in result.params.values())
+    free, _ = torch.cuda.mem_get_info(device)
+    return free < 2 * held
+
+
 def client_train_vectorized(
     cfg: ExperimentConfig, state: RoundState, shards: Mapping[int, MultimodalDataset], client_ids: Sequence[int],
     method: Method | None = None, cuda_graph: bool = True, static_buffers: bool = False,
@@ -133,8 +140,12 @@ def client_train_vectorized(
         positions = by_size[start : start + t.vector_chunk]
         ids = [client_ids[i] for i in positions]
         seeds = [Context(cfg, spec, round_index, cid).seed() for cid in ids]
-        chunks.append((positions, ids, trainer.train_chunk([shards[cid] for cid in ids], seeds, t.batch_size,
-                                                           t.local_epochs)))
+        result = trainer.train_chunk([shards[cid] for cid in ids], seeds, t.batch_size, t.local_epochs)
+        if trainer.device.type == "cuda" and _device_memory_low(result, trainer.device):
+            # Results stay on the device unless they would crowd out the next chunk's training.
+            log.info("vectorized engine: device memory low, keeping a chunk's trained weights on the host")
+            result.params = {k: v.cpu() for k, v in result.params.items()}
+        chunks.append((positions, ids, result))
     if trainer.device.type == "cuda":
         torch.cuda.synchronize(trainer.device)
     t1 = time.perf_counter()
