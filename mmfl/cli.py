@@ -98,21 +98,21 @@ def _add_experiment_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmfl", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mmfl", description=__doc__, allow_abbrev=False)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run (or resume) experiments with the local engine")
+    run = sub.add_parser("run", allow_abbrev=False, help="run (or resume) experiments with the local engine")
     _add_experiment_args(run)
     run.add_argument("--no-progress", action="store_true")
     run.set_defaults(func=cmd_run)
 
-    ev = sub.add_parser("eval", help="evaluate stored checkpoints on every test pattern")
+    ev = sub.add_parser("eval", allow_abbrev=False, help="evaluate stored checkpoints on every test pattern")
     _add_experiment_args(ev)
     ev.add_argument("--round", type=int, default=None, help="checkpoint round (default: the latest complete one)")
     ev.set_defaults(func=cmd_eval)
 
-    rep = sub.add_parser("report", help="print the test matrix of the latest MLflow runs")
+    rep = sub.add_parser("report", allow_abbrev=False, help="print the test matrix of the latest MLflow runs")
     rep.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db")
     rep.add_argument("--experiment", default="mmfl")
     rep.add_argument("--limit", type=int, default=20)

@@ -121,6 +121,13 @@ class MissingConfig(_Strict):
                     raise ValueError(f"rate of modality {name!r} must lie in [0, 1], got {r}")
         return v
 
+    @model_validator(mode="after")
+    def _rates_need_independent(self) -> MissingConfig:
+        if self.rates is not None and self.pattern != "independent":
+            raise ValueError(f"rates applies only to pattern: independent (pattern is {self.pattern!r}); "
+                             "remove rates or set pattern: independent")
+        return self
+
 
 class ModelConfig(_Strict):
     embed_dim: int = Field(64, ge=2)
@@ -161,6 +168,17 @@ class TrainConfig(_Strict):
     device: str = "cpu"
     vector_chunk: int = Field(64, ge=1, description="Vectorized engine: clients trained together per chunk")
     compile: bool = Field(False, description="Vectorized engine: torch.compile the per-step function")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        import torch
+
+        try:
+            torch.device(v)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"unknown torch device {v!r}; use cpu, cuda or cuda:<index>") from None
+        return v
     threads: int | None = Field(
         None, ge=1, le=1024,
         description="torch intra-op threads of the training process (default: torch's, one per core); "

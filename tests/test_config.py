@@ -89,3 +89,23 @@ def test_experiment_id_depends_on_results_not_on_where_they_go():
     assert base.experiment_id() == same.experiment_id()
     assert base.experiment_id() != different.experiment_id()
     assert base.experiment_id().startswith("experiment-fedavg-")
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"train": {"device": "bogus"}}, "train.device = 'bogus': unknown torch device"),
+    ({"missing": {"pattern": "mixed", "rates": {"a": 0.9}}}, "rates applies only to pattern: independent"),
+])
+def test_settings_that_would_be_ignored_or_fail_later_are_refused(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(raw)
+
+
+def test_a_cuda_device_this_machine_lacks_is_named_before_training(tmp_path):
+    import torch
+
+    from mmfl.engine.local import run_experiment
+    from tests.conftest import tiny_config_dict
+
+    cfg = parse_config(tiny_config_dict(tmp_path, train={"device": f"cuda:{torch.cuda.device_count()}"}))
+    with pytest.raises(ConfigError, match=r"train.device = 'cuda:\d+'"):
+        run_experiment(cfg, progress=False)

@@ -87,3 +87,21 @@ def test_schedule_recurring_benchmark(api, config_file):
 def test_bad_cron_is_refused_before_contacting_the_server(config_file, capsys):
     assert main(["schedule", str(config_file), "--host", "http://127.0.0.1:9", "--cron", "daily"]) == 2
     assert "--cron = 'daily'" in capsys.readouterr().err
+
+
+def test_grid_options_without_the_grid_are_refused(config_file, capsys):
+    # Nothing is contacted: port 9 would refuse the connection.
+    assert main(["submit", str(config_file), "--host", "http://127.0.0.1:9", "--method", "fedprox"]) == 2
+    err = capsys.readouterr().err
+    assert "--method" in err and "--benchmark" in err and "--set method.name" in err
+    assert main(["schedule", str(config_file), "--host", "http://127.0.0.1:9", "--cron", "0 3 * * *",
+                 "--experiment-pipeline", "--seed", "3"]) == 2
+    assert "--seed" in capsys.readouterr().err
+
+
+def test_options_are_not_abbreviated(config_file, tmp_path):
+    # `--rounds` means train.rounds for `mmfl run`; here it must not turn into --rounds-per-run.
+    with pytest.raises(SystemExit) as exc:
+        main(["compile", str(config_file), "--out", str(tmp_path / "out"), "--rounds", "5"])
+    assert exc.value.code == 2
+    assert not (tmp_path / "out").exists()

@@ -21,12 +21,18 @@ from mmfl.data.missing import eval_patterns, pattern_presence
 from mmfl.data.types import DataSpec, MultimodalDataset
 from mmfl.engine import robust
 from mmfl.engine.state import ClientUpdate, RoundState
+from mmfl.errors import ConfigError
 from mmfl.methods import Method, get_method
 from mmfl.methods.base import Context
 
 
 def apply_execution_settings(cfg: ExperimentConfig) -> None:
-    """Process-wide settings of the config (``train.threads``); a step runner calls this once at start."""
+    """Process-wide settings of the config (``train.threads``) and a check that ``train.device`` exists here."""
+    device = torch.device(cfg.train.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {cfg.train.device!r}: torch sees no CUDA device on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"train.device = {cfg.train.device!r}: only {torch.cuda.device_count()} CUDA device(s)")
     if cfg.train.threads is not None and torch.get_num_threads() != cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
 

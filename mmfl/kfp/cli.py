@@ -35,9 +35,21 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grid_only_with_benchmark(args: argparse.Namespace, benchmark: bool, flag: str) -> None:
+    """--method/--rate/--seed describe the benchmark grid; on an experiment run they would be ignored."""
+    from mmfl.errors import ConfigError
+
+    given = [name for name, value in (("--method", args.method), ("--rate", args.rate), ("--seed", args.seed)) if value]
+    if given and not benchmark:
+        raise ConfigError(f"{', '.join(given)} set the benchmark grid and would be ignored by the experiment pipeline: "
+                          f"{flag}, or set the experiment's own values with --set method.name=..., "
+                          "--set missing.rate=..., --set seed=...")
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from mmfl.kfp.client import submit
 
+    _grid_only_with_benchmark(args, args.benchmark, "add --benchmark to submit the grid")
     done = submit(_config(args), args.host, experiment=args.experiment, opts=_options(args), benchmark=args.benchmark,
                   chain=args.chain, namespace=args.namespace, log=console.print)
     console.print(f"KFP experiment {done.experiment_id}: runs {', '.join(done.run_ids)}")
@@ -47,6 +59,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_schedule(args: argparse.Namespace) -> int:
     from mmfl.kfp.client import schedule
 
+    _grid_only_with_benchmark(args, not args.experiment_pipeline, "drop --experiment-pipeline to schedule the grid")
     job = schedule(_config(args), args.host, args.cron, name=args.name, experiment=args.experiment,
                    opts=_options(args), benchmark=not args.experiment_pipeline, namespace=args.namespace)
     console.print(f"recurring run {getattr(job, 'recurring_run_id', None)} ({args.cron})")
@@ -69,12 +82,12 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def register_kfp_commands(sub: argparse._SubParsersAction) -> None:
-    comp = sub.add_parser("compile", help="compile the experiment and benchmark pipelines to KFP v2 YAML")
+    comp = sub.add_parser("compile", allow_abbrev=False, help="compile the experiment and benchmark pipelines to KFP v2 YAML")
     _common(comp)
     comp.add_argument("--out", default="build/pipelines", help="output folder")
     comp.set_defaults(func=cmd_compile)
 
-    subm = sub.add_parser("submit", help="submit an experiment (or benchmark) run to Kubeflow Pipelines")
+    subm = sub.add_parser("submit", allow_abbrev=False, help="submit an experiment (or benchmark) run to Kubeflow Pipelines")
     _common(subm)
     subm.add_argument("--host", required=True, help="KFP API URL, e.g. http://localhost:8080")
     subm.add_argument("--experiment", default="mmfl", help="KFP experiment name")
@@ -83,7 +96,7 @@ def register_kfp_commands(sub: argparse._SubParsersAction) -> None:
     subm.add_argument("--chain", action="store_true", help="wait for each segment and submit the next one")
     subm.set_defaults(func=cmd_submit)
 
-    sch = sub.add_parser("schedule", help="create a recurring benchmark run (cron)")
+    sch = sub.add_parser("schedule", allow_abbrev=False, help="create a recurring benchmark run (cron)")
     _common(sch)
     sch.add_argument("--host", required=True, help="KFP API URL")
     sch.add_argument("--cron", required=True, help="cron expression, 5 fields or KFP's 6 (seconds first)")
