@@ -168,6 +168,11 @@ class TrainConfig(_Strict):
     device: str = "cpu"
     vector_chunk: int = Field(64, ge=1, description="Vectorized engine: clients trained together per chunk")
     compile: bool = Field(False, description="Vectorized engine: torch.compile the per-step function")
+    threads: int | None = Field(
+        None, ge=1, le=1024,
+        description="torch intra-op threads of the training process (default: torch's, one per core); "
+                    "1 is often fastest for small models on a machine shared with other jobs",
+    )
 
     @field_validator("device")
     @classmethod
@@ -179,11 +184,6 @@ class TrainConfig(_Strict):
         except (RuntimeError, ValueError):
             raise ValueError(f"unknown torch device {v!r}; use cpu, cuda or cuda:<index>") from None
         return v
-    threads: int | None = Field(
-        None, ge=1, le=1024,
-        description="torch intra-op threads of the training process (default: torch's, one per core); "
-                    "1 is often fastest for small models on a machine shared with other jobs",
-    )
 
 
 class EvalConfig(_Strict):

@@ -58,9 +58,6 @@ class ClientStack:
             raise IndexError(f"client row {index} out of range for a stack of {self.size}")
         return StackView(self, index, "")
 
-    def rows(self, key: str, index: torch.Tensor) -> torch.Tensor:
-        return self.stacked[key].index_select(0, index.to(self.stacked[key].device))
-
     # ---- whole-stack statistics -----------------------------------------------------------------
     def row_summaries(self, reference: Mapping[str, torch.Tensor], prefix: str) -> list[RowSummary]:
         """``RowSummary`` of every row against ``reference`` (keys without ``prefix``); cached per reference."""
