@@ -164,10 +164,11 @@ def accumulate_stacked(acc: dict[str, torch.Tensor], views: Sequence[StackView],
     """
     stack, prefix = views[0].stack, views[0].prefix
     device = next(iter(stack.stacked.values())).device if stack.stacked else torch.device("cpu")
-    index = torch.tensor([v.index for v in views], dtype=torch.long, device=device)
+    indices = [v.index for v in views]
+    index = torch.tensor(indices, dtype=torch.long, device=device)
     frac = torch.tensor(list(fractions), dtype=torch.float64, device=device)
     total = float(sum(fractions))
-    whole = [v.index for v in views] == list(range(stack.size))
+    whole = indices == list(range(stack.size))
     for key in acc:
         full = prefix + key
         if full in stack.shared:
@@ -176,8 +177,8 @@ def accumulate_stacked(acc: dict[str, torch.Tensor], views: Sequence[StackView],
         src = stack.stacked[full]
         if not (blocked if blocked is not None else src.device.type != "cpu"):
             # On the host, row after row stays in cache; big float64 blocks would only add page faults.
-            for view, f in zip(views, fractions):
-                acc[key].add_(src[view.index].to(torch.float64), alpha=f)
+            for i, f in zip(indices, fractions):
+                acc[key].add_(src[i].to(torch.float64), alpha=f)
             continue
         numel = max(1, src[0].numel())
         block = max(1, _BLOCK_BYTES // (8 * numel))
