@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from mmfl.engine import steps
 from mmfl.engine.checkpoint import latest_round, load_metrics, load_round, metrics_history, round_prefix, save_round
 from mmfl.engine.local import round_metrics
 from mmfl.engine.robust import clients_summary, record_round_clients
-from mmfl.engine.state import ClientUpdate
+from mmfl.engine.state import ClientUpdate, RoundState
 from mmfl.errors import ArtifactError, ConfigError
 from mmfl.io.store import ArtifactStore, open_store
 from mmfl.io.tracking import NullTracker, open_tracker
@@ -233,34 +234,39 @@ def upload_prototypes_task(config_json: str, start_round: int, offset: int, upda
                                          "num_clients": len(clients)})
 
 
-def aggregate_task(config_json: str, start_round: int, offset: int, updates_manifests: list[str], state_path: str) -> dict[str, Any]:
-    """Server aggregation of the round's updates (one manifest, or one per client after fan-out)."""
+def _server_step(config_json: str, start_round: int, offset: int, state_path: str, step: str,
+                 compute: Callable[[ExperimentConfig, ArtifactStore, str, int], RoundState]) -> dict[str, Any]:
+    """The shell of a server task: skip past the end, else compute the step's state once and point to it."""
     r = round_of(start_round, offset)
     cfg, store, exp_id, status = _open_round(config_json, r)
     if status:
         return _skip(state_path, exp_id, r, status)
-    key = step_key(exp_id, r, "aggregate")
+    key = step_key(exp_id, r, step)
     if not store.exists(f"{key}/state.json"):
-        manifests = [read_manifest(p) for p in updates_manifests]
-        updates = _read_updates(store, manifests)
+        store.put_state(key, compute(cfg, store, exp_id, r))
+    return write_manifest(state_path, {"experiment_id": exp_id, "round": r, "state": key})
+
+
+def aggregate_task(config_json: str, start_round: int, offset: int, updates_manifests: list[str], state_path: str) -> dict[str, Any]:
+    """Server aggregation of the round's updates (one manifest, or one per client after fan-out)."""
+
+    def compute(cfg: ExperimentConfig, store: ArtifactStore, exp_id: str, r: int) -> RoundState:
+        updates = _read_updates(store, [read_manifest(p) for p in updates_manifests])
         order = {c: i for i, c in enumerate(steps.sample_clients(cfg, r))}
         updates.sort(key=lambda u: order.get(u.client_id, len(order) + u.client_id))  # fan-in order is arbitrary
         state, _ = load_round(store, exp_id, r - 1)
-        store.put_state(key, steps.aggregate(cfg, state, updates, expected_clients=list(order)))
-    return write_manifest(state_path, {"experiment_id": exp_id, "round": r, "state": key})
+        return steps.aggregate(cfg, state, updates, expected_clients=list(order))
+
+    return _server_step(config_json, start_round, offset, state_path, "aggregate", compute)
 
 
 def schedule_task(config_json: str, start_round: int, offset: int, state_manifest: str, state_path: str) -> dict[str, Any]:
     """Server-side scheduling for the next round (FlexMod's DDPG); identity for other methods."""
-    r = round_of(start_round, offset)
-    cfg, store, exp_id, status = _open_round(config_json, r)
-    if status:
-        return _skip(state_path, exp_id, r, status)
-    key = step_key(exp_id, r, "schedule")
-    if not store.exists(f"{key}/state.json"):
-        state = store.get_state(read_manifest(state_manifest)["state"])
-        store.put_state(key, steps.schedule(cfg, state))
-    return write_manifest(state_path, {"experiment_id": exp_id, "round": r, "state": key})
+
+    def compute(cfg: ExperimentConfig, store: ArtifactStore, exp_id: str, r: int) -> RoundState:
+        return steps.schedule(cfg, store.get_state(read_manifest(state_manifest)["state"]))
+
+    return _server_step(config_json, start_round, offset, state_path, "schedule", compute)
 
 
 def evaluate_task(config_json: str, start_round: int, offset: int, state_manifest: str, checkpoint_path: str) -> tuple[dict[str, Any], dict[str, float]]:
