@@ -26,8 +26,9 @@ from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from mmfl.config import parse_config  # noqa: E402
-from mmfl.engine.local import run_experiment  # noqa: E402
+
+from mmfl.local import run_experiment  # noqa: E402
+from mmfl.methods import parse_experiment
 
 METHODS = {"fedprime": "FED-PRIME", "fedavg_prompts": "FedAvg-P"}
 
@@ -79,7 +80,7 @@ def main() -> None:
         for rate in args.rates:
             rows[rate] = {}
             for method in METHODS:
-                cfg = parse_config(config(method, rate, args, root))
+                cfg = parse_experiment(config(method, rate, args, root))
                 start = time.time()
                 res = run_experiment(cfg, progress=False)
                 rows[rate][method] = {**{p: v["acc"] for p, v in res.final.items()}, "sec": time.time() - start}

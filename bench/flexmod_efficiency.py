@@ -27,16 +27,17 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mmfl.config import load_config  # noqa: E402
+
 from mmfl.engine import steps  # noqa: E402
-from mmfl.engine.checkpoint import load_round  # noqa: E402
-from mmfl.engine.local import run_experiment  # noqa: E402
+from mmfl.io.layout import load_round  # noqa: E402
+from mmfl.local import run_experiment  # noqa: E402
 from mmfl.io.store import LocalStore  # noqa: E402
+from mmfl.methods import load_experiment
 
 
 def config(args, method: str, seed: int, root: str):
     rounds = args.flexmod_rounds if method == "flexmod" else args.rounds
-    return load_config(ROOT / "configs" / "quickstart.yaml", [
+    return load_experiment(ROOT / "configs" / "quickstart.yaml", [
         f"method.name={method}", f"seed={seed}", f"train.rounds={rounds}", "eval.every=1", "eval.patterns=[full]",
         f"data.modalities=[{','.join(args.modalities)}]", "missing.pattern=mixed", f"missing.rate={args.rate}",
         f"partition.num_clients={args.clients}", "tracking.enabled=false", f"storage.root={root}",

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from bench.workloads import WORKLOADS, Workload, WorkloadMethod, initial_state, make_config, make_shard
-from mmfl.engine.state import RoundState
+from mmfl.state import RoundState
 from mmfl.methods.base import Context
 
 ROUND_TIMES: list[tuple[float, float]] = []

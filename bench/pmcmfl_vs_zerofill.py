@@ -24,11 +24,12 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mmfl.config import load_config  # noqa: E402
+
 from mmfl.engine import steps  # noqa: E402
-from mmfl.engine.checkpoint import load_round  # noqa: E402
-from mmfl.engine.local import run_experiment  # noqa: E402
+from mmfl.io.layout import load_round  # noqa: E402
+from mmfl.local import run_experiment  # noqa: E402
 from mmfl.io.store import LocalStore  # noqa: E402
+from mmfl.methods import load_experiment
 
 INFERENCE = ["classifier", "retrieval", "l1", "l2", "cosine"]
 
@@ -39,7 +40,7 @@ def config(args, method: str, seed: int, root: str, extra: list[str] | None = No
         f"data.modalities=[{','.join(args.modalities)}]", "missing.pattern=mixed", f"missing.rate={args.rate}",
         f"partition.num_clients={args.clients}", "tracking.enabled=false", f"storage.root={root}", *(extra or []),
     ]
-    return load_config(ROOT / "configs" / "quickstart.yaml", overrides)
+    return load_experiment(ROOT / "configs" / "quickstart.yaml", overrides)
 
 
 def main() -> None:

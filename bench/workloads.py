@@ -16,11 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mmfl.config import ExperimentConfig, parse_config
-from mmfl.data.types import DataSpec, ModalitySpec, MultimodalDataset
-from mmfl.engine.state import RoundState
+from mmfl.config import ExperimentConfig
+from mmfl.data.dataset import DataSpec, ModalitySpec, MultimodalDataset
+from mmfl.state import RoundState
 from mmfl.methods.base import derive_seed
 from mmfl.methods.fedavg import FedAvg
+from mmfl.methods import parse_experiment
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class WorkloadMethod(FedAvg):
 
 
 def make_config(w: Workload, engine: str = "loop", device: str = "cpu", chunk: int = 64, compile: bool = False) -> ExperimentConfig:
-    return parse_config({
+    return parse_experiment({
         "name": f"bench-{w.name}", "seed": w.seed,
         "partition": {"num_clients": w.clients},
         "train": {"rounds": 1000, "local_epochs": 1, "batch_size": w.batch_size, "lr": w.lr, "momentum": w.momentum,

@@ -1,4 +1,4 @@
-"""KFP v2 components: one per round step, each a thin shell over ``mmfl.kfp.component_io``.
+"""KFP v2 components: one per round step, each a thin shell over ``mmfl.kfp.tasks``.
 
 The component functions run inside the mmfl image (``MMFL_IMAGE``, default below); their bodies
 import mmfl there, so nothing here is needed at run time except the image. Cluster settings

@@ -11,7 +11,7 @@ from components import BASE_IMAGE
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def aggregate(config_json: str, start_round: int, offset: int, updates: Input[Artifact], aggregated: Output[Model]):
     """Aggregate the updates of all clients trained in one task."""
-    from mmfl.kfp.component_io import aggregate_task
+    from mmfl.kfp.tasks import aggregate_task
 
     aggregated.metadata.update(aggregate_task(config_json, start_round, offset, [updates.path], aggregated.path))
 
@@ -20,6 +20,6 @@ def aggregate(config_json: str, start_round: int, offset: int, updates: Input[Ar
 def aggregate_collected(config_json: str, start_round: int, offset: int, updates: Input[List[Artifact]],
                         aggregated: Output[Model]):
     """Fan-in after per-client fan-out: aggregate the collected per-client updates."""
-    from mmfl.kfp.component_io import aggregate_task
+    from mmfl.kfp.tasks import aggregate_task
 
     aggregated.metadata.update(aggregate_task(config_json, start_round, offset, [u.path for u in updates], aggregated.path))

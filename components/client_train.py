@@ -11,6 +11,6 @@ def client_train(config_json: str, start_round: int, offset: int, state: Input[M
                  client_slot: int = -1):
     """Train from the previous round's global state; ``client_slot`` >= 0 trains one sampled client.
     ``start_round`` < 0 takes the round from the state artifact (used inside per-client loops)."""
-    from mmfl.kfp.component_io import client_train_task
+    from mmfl.kfp.tasks import client_train_task
 
     updates.metadata.update(client_train_task(config_json, start_round, offset, updates.path, client_slot, state.path))

@@ -10,7 +10,7 @@ from components import BASE_IMAGE
 def evaluate(config_json: str, start_round: int, offset: int, state: Input[Model], checkpoint: Output[Model],
              metrics: Output[Metrics]):
     """Evaluate when due, log to MLflow (credentials from the environment) and commit the round."""
-    from mmfl.kfp.component_io import evaluate_task
+    from mmfl.kfp.tasks import evaluate_task
 
     meta, values = evaluate_task(config_json, start_round, offset, state.path, checkpoint.path)
     checkpoint.metadata.update(meta)

@@ -13,7 +13,7 @@ def prepare(config_json: str, checkpoint: Output[Model]) -> NamedTuple("Outputs"
     """Write the federated data shards once and find the round this segment resumes after."""
     from collections import namedtuple
 
-    from mmfl.kfp.component_io import prepare_task
+    from mmfl.kfp.tasks import prepare_task
 
     start, meta = prepare_task(config_json, checkpoint.path)
     checkpoint.metadata.update(meta)

@@ -10,6 +10,6 @@ from components import BASE_IMAGE
 def upload_prototypes(config_json: str, start_round: int, offset: int, state: Input[Model], updates: Input[Artifact],
                       uploads: Output[Artifact]):
     """Compute each client's prototypes against the round's starting state."""
-    from mmfl.kfp.component_io import upload_prototypes_task
+    from mmfl.kfp.tasks import upload_prototypes_task
 
     uploads.metadata.update(upload_prototypes_task(config_json, start_round, offset, updates.path, uploads.path))

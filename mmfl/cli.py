@@ -1,10 +1,12 @@
-"""Command line: ``mmfl run | eval | report`` (the Kubeflow layer adds compile, submit, schedule)."""
+"""Command line: ``mmfl run | eval | report``; the pipelines package adds compile, submit and schedule
+through the ``mmfl.commands`` entry point."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from importlib.metadata import entry_points
 
 from rich.console import Console
 
@@ -15,33 +17,29 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _configs(args: argparse.Namespace):
-    from mmfl.config import load_config
+    """Every experiment of the command (config files x methods x seeds), all checked before any runs."""
+    from mmfl.config import grid_configs, read_config_file
+    from mmfl.methods import resolve
 
     overrides = list(args.set or [])
     if args.rounds is not None:
         overrides.append(f"train.rounds={args.rounds}")
-    methods = args.method or [None]
-    seeds = args.seed or [None]
+    cells = []
     for path in args.config:
-        for method in methods:
-            for seed in seeds:
-                # --method resets the params of the file's method; --set comes after, so that
-                # e.g. --method fedprox --set method.params.mu=0.1 sets mu of FedProx.
-                extra = [f"method.name={method}", "method.params={}"] if method is not None else []
-                extra += overrides
-                if seed is not None:
-                    extra.append(f"seed={seed}")
-                yield load_config(path, extra)
+        cells += grid_configs(read_config_file(path), args.method, None, args.seed, overrides, source=str(path))
+    for cfg in cells:
+        resolve(cfg)
+    return cells
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from mmfl.engine.local import run_experiment
-    from mmfl.report import matrix_table
+    from mmfl.local import run_experiment
+    from mmfl.results import matrix_table
 
     rows, patterns = [], []
     for cfg in _configs(args):
         console.print(f"[bold]experiment[/bold] {cfg.experiment_id()}  ({cfg.data.name}, {cfg.partition.num_clients} clients, "
-                      f"train missing {cfg.missing.pattern}@{cfg.missing.rate})")
+                      f"train missing {cfg.missing.label()})")
         result = run_experiment(cfg, progress=not args.no_progress)
         if result.resumed_from:
             console.print(f"  resumed from round {result.resumed_from}")
@@ -55,14 +53,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a stored checkpoint (latest complete round, or --round) on every test pattern."""
     from mmfl.data.missing import eval_patterns
     from mmfl.engine import steps
-    from mmfl.engine.checkpoint import latest_round, load_round
+    from mmfl.io.layout import latest_round, load_round
     from mmfl.errors import ArtifactError
-    from mmfl.io.store import open_store
-    from mmfl.report import matrix_table, training_setting
+    from mmfl.io import store_of
+    from mmfl.results import matrix_table, result_row
 
     rows, patterns = [], []
     for cfg in _configs(args):
-        store = open_store(cfg.storage.kind, cfg.storage.root, cfg.storage.bucket, cfg.storage.endpoint, cfg.storage.secure)
+        store = store_of(cfg.storage)
         exp_id = cfg.experiment_id()
         round_index = args.round if args.round is not None else latest_round(store, exp_id)
         if round_index is None:
@@ -70,15 +68,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         state, _ = load_round(store, exp_id, round_index)
         data = steps.prepare_data(cfg)
         patterns = eval_patterns(data.spec.names, cfg.eval.patterns)
-        rows.append({"method": cfg.method.name, "train": training_setting(cfg.missing.model_dump()), "seed": cfg.seed,
-                     "round": state.round, "results": steps.evaluate(cfg, state, data.test)})
+        rows.append(result_row(cfg, state.round, steps.evaluate(cfg, state, data.test)))
     console.print(matrix_table(rows, patterns))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from mmfl.report import matrix_table
-    from mmfl.reporting import latest_runs
+    from mmfl.results import matrix_table
+    from mmfl.io.runs import latest_runs
 
     rows, patterns = latest_runs(args.tracking_uri, args.experiment, args.limit)
     if not rows:
@@ -118,9 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--limit", type=int, default=20)
     rep.set_defaults(func=cmd_report)
 
-    from mmfl.kfp.cli import register_kfp_commands
-
-    register_kfp_commands(sub)
+    for plugin in entry_points(group="mmfl.commands"):  # compile, submit, schedule (pipelines/commands.py)
+        plugin.load()(sub)
     return parser
 
 

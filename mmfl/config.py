@@ -6,15 +6,17 @@ Every error names the dotted field path and the offending value, e.g.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
 import reprlib
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from mmfl.errors import ConfigError
 
@@ -96,6 +98,10 @@ class MissingConfig(_Strict):
         0.0, ge=0, le=1, description="Per-client rate drawn uniformly from rate +- spread (inter-client heterogeneity)"
     )
 
+    def label(self) -> str:
+        """The training missing setting as tables and run tags name it, e.g. ``mixed@0.50``."""
+        return "full" if self.pattern == "full" else f"{self.pattern}@{float(self.rate):.2f}"
+
     @field_validator("pattern")
     @classmethod
     def _pattern(cls, v: str) -> str:
@@ -137,23 +143,19 @@ class ModelConfig(_Strict):
 
 
 class MethodConfig(_Strict):
-    name: str = "fedavg"
+    name: str = Field("fedavg", min_length=1, description="A registered method (mmfl/methods/registry.py)")
     params: dict[str, Any] = Field(default_factory=dict, description="Method-specific hyper-parameters")
+    _resolution: Any = PrivateAttr(default=None)
 
-    @model_validator(mode="after")
-    def _check_params(self) -> "MethodConfig":
-        from mmfl.methods import get_method, method_names
+    @property
+    def resolution(self) -> Any:
+        """What ``mmfl.methods.resolve`` found for this config (None until resolved)."""
+        return self._resolution
 
-        if self.name not in method_names():
-            raise ValueError(f"unknown method {self.name!r}; known: {', '.join(method_names())}")
-        params_model = get_method(self.name).Params
-        try:
-            validated = params_model.model_validate(self.params)
-        except ValidationError as exc:
-            raise ValueError("; ".join(_format_errors(exc, prefix="params"))) from None
-        # Store the completed parameters (paper defaults filled in) without re-triggering validation.
-        object.__setattr__(self, "params", validated.model_dump())
-        return self
+    def complete(self, params: dict[str, Any], resolution: Any) -> None:
+        """Store the validated params (defaults filled in); called by ``mmfl.methods.resolve`` only."""
+        object.__setattr__(self, "params", params)
+        self._resolution = resolution
 
 
 class TrainConfig(_Strict):
@@ -306,7 +308,13 @@ class ExperimentConfig(_Strict):
         return self
 
     def experiment_id(self) -> str:
-        """Stable id of what is computed: name, method and a hash of every setting that changes results."""
+        """Stable id of what is computed: name, method and a hash of every setting that changes results.
+
+        The method's params must be resolved first (``mmfl.methods.resolve``), so that the hash
+        sees them completed with their defaults.
+        """
+        if self.method.resolution is None:
+            raise RuntimeError("experiment_id() before mmfl.methods.resolve(cfg): method params are not validated yet")
         payload = self.model_dump(exclude={"storage", "tracking", "eval", "reliability"})
         payload["train"].pop("device", None)
         for key in ("vector_chunk", "compile", "threads"):  # execution settings; results are the same
@@ -320,7 +328,7 @@ def _format_value(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _format_errors(exc: ValidationError, prefix: str = "") -> list[str]:
+def format_errors(exc: ValidationError, prefix: str = "") -> list[str]:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"] if p not in ("function-after", "function-before"))
@@ -347,7 +355,7 @@ def parse_config(data: Any, source: str = "config") -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        lines = _format_errors(exc)
+        lines = format_errors(exc)
         if len(lines) == 1:  # one problem, one line
             raise ConfigError(f"{source}: invalid configuration: {lines[0]}") from None
         problems = "\n  ".join(lines)
@@ -374,8 +382,8 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"{where}: {' '.join(str(what).split())}"
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML file, apply ``key=value`` overrides (values parsed as YAML) and validate."""
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The raw mapping of a YAML config file (not yet validated)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -393,7 +401,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    for item in overrides or []:
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> None:
+    """Apply ``key=value`` overrides (values parsed as YAML) to a raw config mapping, in order."""
+    for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value")
         key, raw = item.split("=", 1)
@@ -402,4 +415,36 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         except (yaml.YAMLError, RecursionError):
             value = raw
         set_dotted(data, key.strip(), value)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML file, apply ``key=value`` overrides (values parsed as YAML) and validate."""
+    data = read_config_file(path)
+    apply_overrides(data, overrides or [])
     return parse_config(data, source=str(path))
+
+
+def grid_configs(
+    data: Mapping[str, Any], methods: Sequence[str] | None = None, rates: Sequence[float] | None = None,
+    seeds: Sequence[int] | None = None, overrides: Sequence[str] = (), source: str = "config",
+) -> list[ExperimentConfig]:
+    """A raw config varied over every (method, training missing rate, seed), each cell validated.
+
+    A method other than the config's own starts from its default params; ``overrides`` apply
+    after the method (so ``--method fedprox --set method.params.mu=0.1`` sets FedProx's mu),
+    then the rate and the seed. Empty or None axes keep the config's value.
+    """
+    cells = []
+    for method in methods or [None]:
+        for rate in rates or [None]:
+            for seed in seeds or [None]:
+                cell = copy.deepcopy(dict(data))
+                if method is not None and method != (cell.get("method") or {}).get("name", "fedavg"):
+                    cell["method"] = {"name": method, "params": {}}
+                apply_overrides(cell, overrides)
+                if rate is not None:
+                    set_dotted(cell, "missing.rate", rate)
+                if seed is not None:
+                    cell["seed"] = seed
+                cells.append(parse_config(cell, source=source))
+    return cells

@@ -19,7 +19,7 @@ from components.schedule import schedule
 from components.upload_prototypes import upload_prototypes
 from mmfl.config import ExperimentConfig
 from mmfl.engine import steps
-from mmfl.kfp.component_io import segment_rounds
+from pipelines.segments import segment_rounds
 from pipelines.cluster import ClusterSettings, configure
 
 

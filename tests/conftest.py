@@ -13,9 +13,9 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from mmfl.config import parse_config
 from tests.helpers.servers import mlflow_server  # noqa: E402
 from tests.helpers.s3 import S3Server, seaweedfs_s3  # noqa: E402
+from mmfl.methods import parse_experiment
 
 torch.set_num_threads(1)
 
@@ -59,4 +59,4 @@ def tiny_config_dict(tmp_path: Path, **sections) -> dict:
 
 @pytest.fixture
 def tiny_cfg(tmp_path: Path):
-    return parse_config(tiny_config_dict(tmp_path))
+    return parse_experiment(tiny_config_dict(tmp_path))

@@ -8,6 +8,7 @@ import torch
 from mmfl.errors import ConfigError
 from mmfl.io.store import LocalStore
 from mmfl.models.backbones import BackboneConfig, load_vilt, resolve_pretrained
+from mmfl.methods import parse_experiment
 
 
 def test_pretrained_vilt_from_dir_and_from_store(tmp_path):
@@ -44,7 +45,6 @@ def test_pretrained_path_errors(tmp_path):
 
 def test_fedprime_reads_a_store_backbone_through_the_experiment_store(tmp_path, monkeypatch):
     monkeypatch.setenv("MMFL_CACHE", str(tmp_path / "cache"))
-    from mmfl.config import parse_config
     from mmfl.engine import steps
     from tests.conftest import tiny_config_dict
     from tests.helpers.image_text_fixtures import write_food101
@@ -56,7 +56,7 @@ def test_fedprime_reads_a_store_backbone_through_the_experiment_store(tmp_path, 
     for f in saved.iterdir():
         store.put_bytes(f"models/vilt11/{f.name}", f.read_bytes())
     food = write_food101(tmp_path / "food", {"a": 6, "b": 6})
-    cfg = parse_config(tiny_config_dict(
+    cfg = parse_experiment(tiny_config_dict(
         tmp_path,
         data={"name": "food101", "path": str(food), "image_text": {"image_size": 16, "max_text_len": 12}},
         partition={"scheme": "iid", "num_clients": 2, "min_client_size": 4},

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmfl.config import parse_config
 from mmfl.data.image_text import load_tokenizer
-from mmfl.data.types import DataSpec, ModalitySpec
+from mmfl.data.dataset import DataSpec, ModalitySpec
 from mmfl.engine import steps
 from mmfl.models.completion import CaptionCompletion
+from mmfl.methods import parse_experiment
 from tests.conftest import tiny_config_dict
 from tests.helpers.image_text_fixtures import write_food101
 
@@ -55,7 +55,7 @@ def test_captions_fill_missing_text_only(captioner_dir):
 
 def test_fedmvp_trains_with_caption_completion(tmp_path, captioner_dir):
     food = write_food101(tmp_path / "food", {"a": 8, "b": 8})
-    cfg = parse_config(tiny_config_dict(
+    cfg = parse_experiment(tiny_config_dict(
         tmp_path,
         data={"name": "food101", "path": str(food), "image_text": {"image_size": 16, "max_text_len": 10}},
         partition={"scheme": "iid", "num_clients": 2, "min_client_size": 4},
@@ -69,12 +69,11 @@ def test_fedmvp_trains_with_caption_completion(tmp_path, captioner_dir):
     updates = steps.client_train(cfg, state, dict(enumerate(data.clients)), [0, 1])
     assert all(u.metrics["mcm"] > 0 for u in updates)
     # Every missing text was captioned: the training view of each shard is complete.
-    from mmfl.methods.base import Context
-    from mmfl.methods.fedmvp import METHOD
+    from mmfl.methods import get_method
 
     shard = data.clients[0]
     assert not shard.present.all()
-    _, present = METHOD.prepared(shard.inputs, shard.present, Context(cfg, data.spec, 1, 0))
+    _, present = get_method("fedmvp").prepared(shard.inputs, shard.present, steps.context(cfg, data.spec, 1, 0))
     assert present.all()
     new = steps.aggregate(cfg, state, updates)
     assert new.round == 1

@@ -51,7 +51,7 @@ def test_eval_scores_a_stored_checkpoint_and_names_missing_ones(tmp_path):
     assert "only:b" in out.stdout and "│ 1 " in out.stdout
 
 
-def test_set_overrides_the_params_that_method_resets(tmp_path):
+def test_method_keeps_its_file_params_and_set_comes_after(tmp_path):
     from mmfl.cli import _configs, build_parser
 
     cfg = tiny_config_dict(tmp_path, method={"name": "fedprox", "params": {"mu": 0.5}})
@@ -59,7 +59,7 @@ def test_set_overrides_the_params_that_method_resets(tmp_path):
     args = build_parser().parse_args(["run", str(tmp_path / "exp.yaml"), "--method", "fedprox", "--method", "fedavg",
                                       "--set", "seed=9", "--seed", "3"])
     plain = list(_configs(args))
-    assert [(c.method.name, c.method.params, c.seed) for c in plain] == [("fedprox", {"mu": 0.01}, 3), ("fedavg", {}, 3)]
+    assert [(c.method.name, c.method.params, c.seed) for c in plain] == [("fedprox", {"mu": 0.5}, 3), ("fedavg", {}, 3)]
     args = build_parser().parse_args(["run", str(tmp_path / "exp.yaml"), "--method", "fedprox",
                                       "--set", "method.params.mu=0.1"])
     (tuned,) = _configs(args)

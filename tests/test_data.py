@@ -6,7 +6,7 @@ import torch
 
 from mmfl.config import DataConfig
 from mmfl.data.splits import load_dataset
-from mmfl.data.sources import load_raw
+from mmfl.data.loaders import load_raw
 from mmfl.errors import DataError
 
 

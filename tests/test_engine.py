@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmfl.config import parse_config
-from mmfl.engine.checkpoint import completed_rounds, load_round
-from mmfl.engine.local import run_experiment
+from mmfl.io.layout import completed_rounds, load_round
+from mmfl.local import run_experiment
 from mmfl.errors import ConfigError
 from mmfl.io.store import LocalStore
+from mmfl.methods import load_experiment, parse_experiment
 from tests.conftest import tiny_config_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ def _final(store_root: Path, cfg):
 
 
 def test_run_checkpoints_every_round_and_reports_the_matrix(tmp_path):
-    cfg = parse_config(tiny_config_dict(tmp_path, eval={"every": 2}))
+    cfg = parse_experiment(tiny_config_dict(tmp_path, eval={"every": 2}))
     result = run_experiment(cfg, progress=False)
     assert result.rounds_done == 3 and result.resumed_from == 0
     assert completed_rounds(LocalStore(tmp_path / "store"), cfg.experiment_id()) == [0, 1, 2, 3]
@@ -32,8 +32,8 @@ def test_run_checkpoints_every_round_and_reports_the_matrix(tmp_path):
 
 
 def test_stopped_run_resumes_with_identical_final_state_and_metrics(tmp_path):
-    cfg_a = parse_config(tiny_config_dict(tmp_path / "a", train={"rounds": 4}))
-    cfg_b = parse_config(tiny_config_dict(tmp_path / "b", train={"rounds": 4}))
+    cfg_a = parse_experiment(tiny_config_dict(tmp_path / "a", train={"rounds": 4}))
+    cfg_b = parse_experiment(tiny_config_dict(tmp_path / "b", train={"rounds": 4}))
     full = run_experiment(cfg_a, progress=False)
     partial = run_experiment(cfg_b, progress=False, stop_after=2)
     assert partial.rounds_done == 2 and partial.final is None
@@ -47,9 +47,8 @@ def test_stopped_run_resumes_with_identical_final_state_and_metrics(tmp_path):
 
 
 def test_quickstart_config_runs_on_real_mfeat_data(tmp_path):
-    from mmfl.config import load_config
-
-    cfg = load_config(ROOT / "configs" / "quickstart.yaml",
+    
+    cfg = load_experiment(ROOT / "configs" / "quickstart.yaml",
                       ["train.rounds=5", "tracking.enabled=false", f"storage.root={tmp_path / 'store'}"])
     result = run_experiment(cfg, progress=False)
     assert result.rounds_done == 5
@@ -60,11 +59,11 @@ def test_quickstart_config_runs_on_real_mfeat_data(tmp_path):
 def test_train_threads_sets_torch_threads_for_the_run(tmp_path):
     before = torch.get_num_threads()
     other = 2 if before != 2 else 1
-    cfg = parse_config(tiny_config_dict(tmp_path, train={"rounds": 1, "threads": other}))
+    cfg = parse_experiment(tiny_config_dict(tmp_path, train={"rounds": 1, "threads": other}))
     try:
         run_experiment(cfg, progress=False)
         assert torch.get_num_threads() == other
     finally:
         torch.set_num_threads(before)
     with pytest.raises(ConfigError, match="train.threads"):
-        parse_config(tiny_config_dict(tmp_path, train={"threads": 0}))
+        parse_experiment(tiny_config_dict(tmp_path, train={"threads": 0}))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from mmfl.config import parse_config
-from mmfl.engine.local import run_experiment
+from mmfl.local import run_experiment
 from mmfl.io.store import LocalStore
-from mmfl.methods.base import get_params
+from mmfl.methods import resolve
 from mmfl.models.backbones import load_clip, load_vilt
-from mmfl.models.feature_cache import _CACHES, FeatureCache, cached_features, dataset_fingerprint
+from mmfl.engine.resources import _RESOURCES as _CACHES
+from mmfl.models.feature_cache import FeatureCache, cached_features, dataset_fingerprint
 from mmfl.engine import steps
+from mmfl.methods import parse_experiment
 from tests.conftest import tiny_config_dict
 from tests.helpers.image_text_fixtures import write_food101
 
@@ -57,7 +58,7 @@ def _count_rows(module: torch.nn.Module, counter: list[int]):
 
 def _food_cfg(tmp_path, method: str, rounds: int = 3):
     food = write_food101(tmp_path / "food", {f"c{i}": 8 for i in range(3)})
-    return parse_config(tiny_config_dict(
+    return parse_experiment(tiny_config_dict(
         tmp_path,
         data={"name": "food101", "path": str(food), "image_text": {"image_size": 16, "max_text_len": 12}},
         partition={"scheme": "iid", "num_clients": 2, "min_client_size": 4},
@@ -70,7 +71,7 @@ def _food_cfg(tmp_path, method: str, rounds: int = 3):
 def test_fedprime_backbone_embeds_each_sample_once_over_rounds(tmp_path):
     _CACHES.clear()
     cfg = _food_cfg(tmp_path, "fedprime")
-    vilt = load_vilt(get_params(cfg).backbone)
+    vilt = load_vilt(resolve(cfg).params.backbone)
     rows = [0]
     handle = _count_rows(vilt.embeddings, rows)
     try:
@@ -91,7 +92,7 @@ def test_fedprime_backbone_embeds_each_sample_once_over_rounds(tmp_path):
 def test_fedmvp_clip_towers_run_once_per_sample(tmp_path):
     _CACHES.clear()
     cfg = _food_cfg(tmp_path, "fedmvp")
-    clip = load_clip(get_params(cfg).backbone)
+    clip = load_clip(resolve(cfg).params.backbone)
     img, txt = [0], [0]
     handles = [_count_rows(clip.vision_model, img), _count_rows(clip.text_model, txt)]
     try:

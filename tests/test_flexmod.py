@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from mmfl.config import parse_config
-from mmfl.engine.checkpoint import load_round
-from mmfl.engine.local import run_experiment
+from mmfl.io.layout import load_round
+from mmfl.local import run_experiment
 from mmfl.io.store import LocalStore
+from mmfl.methods import parse_experiment
 from tests.conftest import tiny_config_dict
 
 
 def _cfg(root, rounds=2):
-    return parse_config(tiny_config_dict(root, method={"name": "flexmod", "params": {"ddpg_batch_size": 2}},
+    return parse_experiment(tiny_config_dict(root, method={"name": "flexmod", "params": {"ddpg_batch_size": 2}},
                                          train={"rounds": rounds}))
 
 
@@ -57,12 +57,12 @@ def test_bad_method_params_name_field_and_value(tmp_path):
     from mmfl.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"method\.params\.budget.*1\.5"):
-        parse_config(tiny_config_dict(tmp_path, method={"name": "flexmod", "params": {"budget": 1.5}}))
+        parse_experiment(tiny_config_dict(tmp_path, method={"name": "flexmod", "params": {"budget": 1.5}}))
     with pytest.raises(ConfigError, match=r"method\.params\.inference"):
-        parse_config(tiny_config_dict(tmp_path, method={"name": "pmcmfl", "params": {"inference": "l3"}}))
+        parse_experiment(tiny_config_dict(tmp_path, method={"name": "pmcmfl", "params": {"inference": "l3"}}))
     with pytest.raises(ConfigError, match=r"method\.params\.inner_lr_typo"):
-        parse_config(tiny_config_dict(tmp_path, method={"name": "threefm", "params": {"inner_lr_typo": 0.1}}))
+        parse_experiment(tiny_config_dict(tmp_path, method={"name": "threefm", "params": {"inner_lr_typo": 0.1}}))
     # a budget no allocation can meet is reported when the experiment starts, naming the field
-    cfg = parse_config(tiny_config_dict(tmp_path, method={"name": "flexmod", "params": {"budget": 0.3}}))
+    cfg = parse_experiment(tiny_config_dict(tmp_path, method={"name": "flexmod", "params": {"budget": 0.3}}))
     with pytest.raises(ConfigError, match=r"budget = 0\.3"):
         run_experiment(cfg, progress=False)

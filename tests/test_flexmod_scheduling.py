@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmfl.engine.state import json_from_bytes, json_to_bytes, tensors_from_bytes, tensors_to_bytes
+from mmfl.io.codec import json_from_bytes, json_to_bytes, tensors_from_bytes, tensors_to_bytes
 from mmfl.errors import ConfigError
 from mmfl.methods.flexmod import combination_weights
 from mmfl.scheduling import (

@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from mmfl.config import parse_config
 from mmfl.engine import steps
-from mmfl.engine.local import run_experiment
-from mmfl.engine.state import state_from_bytes, state_to_bytes, update_from_bytes, update_to_bytes
+from mmfl.local import run_experiment
+from mmfl.io.codec import state_from_bytes, state_to_bytes, update_from_bytes, update_to_bytes
 from mmfl.io.store import LocalStore
-from mmfl.methods.base import get_params
+from mmfl.methods import resolve
 from mmfl.models.backbones import load_vilt
-from mmfl.models.feature_cache import _CACHES
+from mmfl.engine.resources import _RESOURCES as _CACHES
+from mmfl.methods import parse_experiment
 from tests.conftest import tiny_config_dict
 from tests.helpers.image_text_fixtures import write_food101
 
@@ -35,7 +35,7 @@ def food_cfg(tmp_path, food_dir, method: str, params: dict | None = None, **sect
         **sections,
     }
     d = tiny_config_dict(tmp_path, **sections)
-    return parse_config(d)
+    return parse_experiment(d)
 
 
 def _history_ok(result, rounds: int):
@@ -67,7 +67,7 @@ def test_fedprime_trains_and_only_prompts_and_head_travel(tmp_path, food_dir):
     assert [c["round"] for c in comm] == [1, 2]
     usage_bytes = 4 * 4  # retrieval counts of the 4 inter prompts
     assert all(c["bytes_up"] == 3 * (expected + usage_bytes) and c["bytes_down"] == 3 * expected for c in comm)
-    backbone = load_vilt(get_params(cfg).backbone)
+    backbone = load_vilt(resolve(cfg).params.backbone)
     backbone_bytes = sum(p.numel() * p.element_size() for p in backbone.parameters())
     assert expected * 50 < backbone_bytes  # the frozen ViLT stays home
     assert set(state.meta["last_assignment"]) == {"0", "1", "2"}
@@ -147,7 +147,7 @@ def test_fedmvp_clip_trains_with_cka_weights(tmp_path, food_dir):
 
 def test_fedmvp_on_precomputed_features_and_losses_reported(tmp_path):
     """Vector modalities pass through as already-encoded features (no CLIP needed)."""
-    cfg = parse_config(tiny_config_dict(tmp_path, method={"name": "fedmvp", "params": {"joint_dim": 16}},
+    cfg = parse_experiment(tiny_config_dict(tmp_path, method={"name": "fedmvp", "params": {"joint_dim": 16}},
                                         train={"rounds": 2, "local_epochs": 2, "batch_size": 16, "lr": 0.01}))
     data = steps.prepare_data(cfg)
     state = steps.init_state(cfg, data.spec)
@@ -170,5 +170,5 @@ def test_bad_method_params_are_reported(tmp_path, food_dir):
         cfg = food_cfg(tmp_path, food_dir, "fedmvp", {"completion": "text_to_image"})
         steps.init_state(cfg, steps.prepare_data(cfg).spec)
     with pytest.raises(ConfigError, match="image and one text"):
-        cfg = parse_config(tiny_config_dict(tmp_path, method={"name": "fedprime"}))
+        cfg = parse_experiment(tiny_config_dict(tmp_path, method={"name": "fedprime"}))
         steps.init_state(cfg, steps.prepare_data(cfg).spec)

@@ -1,6 +1,6 @@
 """The foundation-model methods through the pipeline's component glue, task by task, in-process.
 
-Runs once the pipeline glue (``mmfl.kfp.component_io``) and its segment helper are present; the
+Runs once the pipeline glue (``mmfl.kfp.tasks``) and its segment helper are present; the
 state after every round must equal the local engine's bit for bit.
 """
 
@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from mmfl.engine.local import run_experiment
+from mmfl.local import run_experiment
 from mmfl.io.store import LocalStore
 from tests.helpers.image_text_fixtures import tiny_food101_runs
 

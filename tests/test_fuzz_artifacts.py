@@ -9,16 +9,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mmfl.engine.state import (
-    ClientUpdate,
-    RoundState,
-    json_from_bytes,
-    state_from_bytes,
-    state_to_bytes,
-    tensors_from_bytes,
-    update_from_bytes,
-    update_to_bytes,
-)
+from mmfl.state import ClientUpdate, RoundState
+from mmfl.io.codec import json_from_bytes, state_from_bytes, state_to_bytes, tensors_from_bytes, update_from_bytes, update_to_bytes
 from mmfl.errors import ArtifactError
 from mmfl.io.store import LocalStore
 

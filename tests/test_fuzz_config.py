@@ -10,8 +10,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mmfl.config import ExperimentConfig, load_config, parse_config
+from mmfl.config import ExperimentConfig
 from mmfl.errors import ConfigError, MmflError
+from mmfl.methods import load_experiment, parse_experiment
 from tests.conftest import tiny_config_dict
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -52,7 +53,7 @@ def check_config_error(exc: ConfigError) -> str:
 @given(root=values)
 def test_any_structure_at_the_root(root):
     try:
-        cfg = parse_config(root)
+        cfg = parse_experiment(root)
     except ConfigError as exc:
         check_config_error(exc)
     else:
@@ -68,7 +69,7 @@ def test_one_field_set_to_anything(path, value):
         node = node.setdefault(key, {})
     node[path[-1]] = value
     try:
-        cfg = parse_config(raw)
+        cfg = parse_experiment(raw)
     except ConfigError as exc:
         msg = check_config_error(exc)
         # the message names the changed field, or the mapping field it is an entry of (data.synthetic.dims)
@@ -88,7 +89,7 @@ def test_unknown_fields_are_named(section, key, value):
         return
     raw.setdefault(section, {})[key] = value
     try:
-        parse_config(raw)
+        parse_experiment(raw)
     except ConfigError as exc:
         assert f"{section}.{key}: unknown field" in check_config_error(exc)
     else:
@@ -103,7 +104,7 @@ def test_config_file_with_any_text(tmp_path, text):
     path = tmp_path / "cfg.yaml"
     path.write_bytes(text.encode("utf-8", errors="surrogatepass"))
     try:
-        load_config(path)
+        load_experiment(path)
     except ConfigError as exc:
         check_config_error(exc)
 
@@ -116,7 +117,7 @@ def test_command_line_overrides(tmp_path, overrides):
     path = tmp_path / "cfg.yaml"
     path.write_text(json.dumps(BASE))
     try:
-        load_config(path, overrides)
+        load_experiment(path, overrides)
     except ConfigError as exc:
         check_config_error(exc)
 
@@ -129,7 +130,7 @@ def test_pathological_inputs(tmp_path):
     }
     for label, path in cases.items():
         try:
-            load_config(path)
+            load_experiment(path)
         except ConfigError as exc:
             check_config_error(exc)
         else:
@@ -137,7 +138,7 @@ def test_pathological_inputs(tmp_path):
     deep = tmp_path / "deep.yaml"
     deep.write_text("[" * 50_000 + "]" * 50_000)
     try:
-        load_config(deep)
+        load_experiment(deep)
     except ConfigError as exc:
         assert "deep.yaml" in check_config_error(exc)
     # a billion-laughs document: the error message must not expand it
@@ -146,17 +147,17 @@ def test_pathological_inputs(tmp_path):
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text("\n".join(laughs) + "\n")
     try:
-        load_config(bomb)
+        load_experiment(bomb)
     except ConfigError as exc:
         assert "i: unknown field" in check_config_error(exc)
     huge = {**BASE, "name": "n" * 1_000_000}
     try:
-        parse_config(huge)
+        parse_experiment(huge)
     except ConfigError as exc:
         assert "name = 'nnnn" in check_config_error(exc)
     for bad_float in (float("nan"), float("inf"), -float("inf")):
         try:
-            parse_config({**BASE, "train": {**BASE["train"], "lr": bad_float}})
+            parse_experiment({**BASE, "train": {**BASE["train"], "lr": bad_float}})
         except ConfigError as exc:
             assert "train.lr" in check_config_error(exc) and "finite" in str(exc)
         else:

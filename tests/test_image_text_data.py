@@ -9,7 +9,7 @@ import torch
 from mmfl.config import DataConfig
 from mmfl.data.image_text import load_tokenizer
 from mmfl.data.minilm_text import embed_sentences, render_sentences
-from mmfl.data.sources import load_raw
+from mmfl.data.loaders import load_raw
 from mmfl.data.splits import load_dataset
 from mmfl.errors import DataError
 from tests.helpers.image_text_fixtures import write_food101, write_mmimdb

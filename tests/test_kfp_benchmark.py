@@ -7,18 +7,18 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mmfl.config import parse_config
-from mmfl.engine.checkpoint import latest_round, load_round
+from mmfl.io.layout import latest_round, load_round
 from mmfl.errors import ConfigError
 from mmfl.io.store import LocalStore
-from mmfl.kfp.benchmark import compare_task, grid_configs, run_cell_task
+from mmfl.kfp.benchmark import benchmark_cells as grid_configs, compare_task, run_cell_task
+from mmfl.methods import parse_experiment
 from tests.conftest import tiny_config_dict
 
 pytestmark = pytest.mark.server
 
 
 def test_grid_cells_then_comparison_in_mlflow(tmp_path, mlflow_uri):
-    base = parse_config(tiny_config_dict(tmp_path, train={"rounds": 1},
+    base = parse_experiment(tiny_config_dict(tmp_path, train={"rounds": 1},
                                          tracking={"enabled": True, "uri": mlflow_uri, "experiment": "bench-test"}))
     cells = grid_configs(base, ["fedavg", "zerofill"], [0.2, 0.6], [0])
     assert [(c.method.name, c.missing.rate) for c in cells] == [("fedavg", 0.2), ("fedavg", 0.6), ("zerofill", 0.2), ("zerofill", 0.6)]
@@ -56,6 +56,6 @@ def test_grid_cells_then_comparison_in_mlflow(tmp_path, mlflow_uri):
 
 
 def test_compare_refuses_unfinished_cells(tmp_path):
-    cfg = parse_config(tiny_config_dict(tmp_path, train={"rounds": 2}))
+    cfg = parse_experiment(tiny_config_dict(tmp_path, train={"rounds": 2}))
     with pytest.raises(ConfigError, match="finished 0 of 2 rounds"):
         compare_task([json.dumps(cfg.model_dump(mode="json"))], "b", str(tmp_path / "r.html"))

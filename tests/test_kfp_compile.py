@@ -10,10 +10,10 @@ from google.protobuf import json_format
 from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from mmfl import methods
-from mmfl.config import parse_config
-from mmfl.kfp.compile import CompileOptions, check_cron, compile_benchmark, compile_experiment
+from mmfl.methods import registry
+from pipelines.compile import CompileOptions, check_cron, compile_benchmark, compile_experiment
 from mmfl.errors import ConfigError
+from mmfl.methods import parse_experiment
 from tests.conftest import tiny_config_dict
 
 GPU_STEPS = ("client-train", "upload-prototypes", "schedule", "evaluate")
@@ -38,7 +38,7 @@ def containers(spec: pipeline_spec_pb2.PipelineSpec) -> dict[str, dict]:
 
 @pytest.fixture
 def fullsteps(monkeypatch):
-    monkeypatch.setitem(methods._REGISTRY, "fullsteps", "tests.helpers.fullstep_method")
+    monkeypatch.setitem(registry.METHODS, "fullsteps", "tests.helpers.fullstep_method:FullSteps")
 
 
 def check_cluster_settings(name: str, k8s: k8s_pb2.KubernetesExecutorConfig, container: dict, gpu: bool) -> None:
@@ -59,7 +59,7 @@ def check_cluster_settings(name: str, k8s: k8s_pb2.KubernetesExecutorConfig, con
 
 
 def test_experiment_yaml_has_gpu_tolerations_secrets_retries(tmp_path, fullsteps):
-    cfg = parse_config(tiny_config_dict(tmp_path, method={"name": "fullsteps"}, train={"rounds": 50}))
+    cfg = parse_experiment(tiny_config_dict(tmp_path, method={"name": "fullsteps"}, train={"rounds": 50}))
     path, rounds = compile_experiment(cfg, tmp_path / "experiment.yaml", CompileOptions(image="registry.example/mmfl:test"))
     assert rounds == 7  # 5 tasks a round, 1 prepare, at most 40 tasks
     spec, k8s = load_package(path)
@@ -83,7 +83,7 @@ def test_experiment_yaml_has_gpu_tolerations_secrets_retries(tmp_path, fullsteps
 
 
 def test_fan_out_and_baseline_shapes(tmp_path):
-    cfg = parse_config(tiny_config_dict(tmp_path, train={"rounds": 2}))
+    cfg = parse_experiment(tiny_config_dict(tmp_path, train={"rounds": 2}))
     path, rounds = compile_experiment(cfg, tmp_path / "exp.yaml")
     spec, _ = load_package(path)
     assert rounds == 2 and len(spec.root.dag.tasks) == 1 + 3 * 2  # fedavg skips prototypes and schedule
@@ -98,7 +98,7 @@ def test_fan_out_and_baseline_shapes(tmp_path):
 
 
 def test_benchmark_yaml(tmp_path):
-    cfg = parse_config(tiny_config_dict(tmp_path))
+    cfg = parse_experiment(tiny_config_dict(tmp_path))
     opts = CompileOptions(methods=["fedavg", "zerofill"], rates=[0.2, 0.6], seeds=[0, 1])
     path, cells = compile_benchmark(cfg, tmp_path / "bench.yaml", opts)
     assert cells == 8
@@ -126,7 +126,7 @@ def test_cli_and_component_glue_do_not_import_kfp_or_minio():
     import subprocess
     import sys
 
-    code = ("import sys, mmfl.cli, mmfl.kfp.component_io, mmfl.kfp.benchmark, mmfl.io.minio_store; "
+    code = ("import sys, mmfl.cli, mmfl.kfp.tasks, mmfl.kfp.benchmark, mmfl.io.minio_store; "
             "mmfl.cli.build_parser(); "
             "print(sorted(m for m in ('kfp', 'minio', 'mlflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1])

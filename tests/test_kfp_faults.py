@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import mmfl.kfp.component_io as kfp_io
-from mmfl.config import parse_config
+import mmfl.kfp.tasks as kfp_io
 from mmfl.engine import robust
-from mmfl.engine.checkpoint import completed_rounds, load_round, round_prefix
-from mmfl.engine.local import run_experiment
+from mmfl.io.layout import completed_rounds, load_round, round_prefix
+from mmfl.local import run_experiment
 from mmfl.io.store import LocalStore
+from mmfl.methods import parse_experiment
 from tests.conftest import tiny_config_dict
 from tests.helpers.kfp_local import start_kfp_local
 
@@ -37,7 +37,7 @@ def run_round_tasks(config_json: str, workdir: Path) -> None:
 def test_failed_and_poisoned_clients_travel_between_tasks(tmp_path):
     faults = [{"round": 1, "client": 1, "mode": "raise"}, {"round": 1, "client": 2, "mode": "nan"}]
     raw = tiny_config_dict(tmp_path / "kfp", train={"rounds": 1}, reliability={"fault_injection": faults})
-    cfg = parse_config(raw)
+    cfg = parse_experiment(raw)
     run_round_tasks(json.dumps(cfg.model_dump(mode="json")), tmp_path / "work")
     store, exp_id = LocalStore(cfg.storage.root), cfg.experiment_id()
 
@@ -50,7 +50,7 @@ def test_failed_and_poisoned_clients_travel_between_tasks(tmp_path):
     assert metrics["clients"]["aggregated"] == [0, 3] and metrics["clients"]["failed"][0]["client"] == 1
     assert all(torch.isfinite(v).all() for v in state.tensors.values() if v.is_floating_point())
 
-    ref_cfg = parse_config({**raw, "storage": {"kind": "local", "root": str(tmp_path / "ref")}})
+    ref_cfg = parse_experiment({**raw, "storage": {"kind": "local", "root": str(tmp_path / "ref")}})
     run_experiment(ref_cfg, progress=False)
     ref_state, ref_metrics = load_round(LocalStore(tmp_path / "ref"), exp_id, 1)
     assert ref_metrics == metrics and ref_state.meta == state.meta
@@ -74,7 +74,7 @@ def test_client_step_killed_mid_round_in_kfp_local_pipeline(s3_server, mlflow_ur
               {"round": 1, "client": 3, "mode": "raise"}]
     bucket = f"faults-{uuid.uuid4().hex[:10]}"
     raw = tiny_config_dict(tmp_path, train={"rounds": 1}, reliability={"fault_injection": faults})
-    cfg = parse_config({**raw, "storage": {"kind": "minio", "root": "runs", "bucket": bucket,
+    cfg = parse_experiment({**raw, "storage": {"kind": "minio", "root": "runs", "bucket": bucket,
                                            "endpoint": s3_server.endpoint},
                         "tracking": {"enabled": True, "uri": mlflow_uri, "experiment": "kfp-faults"}})
     exp_id = cfg.experiment_id()
@@ -91,7 +91,7 @@ def test_client_step_killed_mid_round_in_kfp_local_pipeline(s3_server, mlflow_ur
 
     # the same round in the local engine (without the process death, which would end this test)
     ref_raw = {**raw, "reliability": {"fault_injection": faults[1:]}}
-    run_experiment(parse_config(ref_raw), progress=False)
+    run_experiment(parse_experiment(ref_raw), progress=False)
     ref_state, ref_metrics = load_round(LocalStore(tmp_path / "store"), exp_id, 1)
     assert state.meta["history"] == ref_state.meta["history"]
     assert metrics["clients"] == ref_metrics["clients"]

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmfl.config import parse_config
-from mmfl.engine.checkpoint import completed_rounds, load_round
-from mmfl.engine.local import run_experiment
+from mmfl.io.layout import completed_rounds, load_round
+from mmfl.local import run_experiment
 from mmfl.io.minio_store import MinioStore
 from mmfl.io.store import LocalStore
+from mmfl.methods import parse_experiment
 from tests.conftest import tiny_config_dict
 from tests.helpers.kfp_local import start_kfp_local
 
@@ -40,10 +40,10 @@ def test_pipeline_matches_local_engine(s3_server, mlflow_uri, tmp_path, monkeypa
 
     bucket = f"e2e-{uuid.uuid4().hex[:10]}"
     raw = tiny_config_dict(tmp_path, train={"rounds": 2}, eval={"every": 1})
-    pipe_cfg = parse_config({**raw, "storage": {"kind": "minio", "root": "runs", "bucket": bucket,
+    pipe_cfg = parse_experiment({**raw, "storage": {"kind": "minio", "root": "runs", "bucket": bucket,
                                                 "endpoint": s3_server.endpoint},
                              "tracking": {"enabled": True, "uri": mlflow_uri, "experiment": "kfp-e2e"}})
-    local_cfg = parse_config({**raw, "tracking": {"enabled": True, "uri": mlflow_uri, "experiment": "local-e2e"}})
+    local_cfg = parse_experiment({**raw, "tracking": {"enabled": True, "uri": mlflow_uri, "experiment": "local-e2e"}})
     assert pipe_cfg.experiment_id() == local_cfg.experiment_id()
     exp_id = pipe_cfg.experiment_id()
 
@@ -94,8 +94,8 @@ def test_fan_out_pipeline_matches_local_engine(tmp_path, monkeypatch):
     from pipelines.experiment import build_experiment_pipeline
 
     raw = tiny_config_dict(tmp_path, train={"rounds": 1})
-    cfg = parse_config({**raw, "storage": {"kind": "local", "root": str(tmp_path / "pipe")}})
-    ref = parse_config({**raw, "storage": {"kind": "local", "root": str(tmp_path / "ref")}})
+    cfg = parse_experiment({**raw, "storage": {"kind": "local", "root": str(tmp_path / "pipe")}})
+    ref = parse_experiment({**raw, "storage": {"kind": "local", "root": str(tmp_path / "ref")}})
     start_kfp_local(tmp_path, monkeypatch)
     build_experiment_pipeline(cfg, fan_out=True)(config_json=json.dumps(cfg.model_dump(mode="json")))
     run_experiment(ref, progress=False)
@@ -112,10 +112,10 @@ def test_fan_out_pipeline_matches_local_engine(tmp_path, monkeypatch):
                     reason="the benchmark pipeline under kfp.local takes minutes; set MMFL_SLOW_TESTS=1")
 def test_benchmark_pipeline_runs(tmp_path, monkeypatch):
     """ParallelFor over the grid parameter, a fresh store prefix per run, fan-in to compare."""
-    from mmfl.kfp.benchmark import grid_configs
+    from mmfl.kfp.benchmark import benchmark_cells as grid_configs
     from pipelines.benchmark import build_benchmark_pipeline
 
-    cfg = parse_config(tiny_config_dict(tmp_path, train={"rounds": 1}))
+    cfg = parse_experiment(tiny_config_dict(tmp_path, train={"rounds": 1}))
     cells = grid_configs(cfg, ["fedavg", "zerofill"], [0.5], [0])
     start_kfp_local(tmp_path, monkeypatch)
     build_benchmark_pipeline(cells, name="local")()

@@ -11,8 +11,8 @@ import json
 import pytest
 import torch
 
-from mmfl.engine.checkpoint import completed_rounds, load_round
-from mmfl.engine.local import run_experiment
+from mmfl.io.layout import completed_rounds, load_round
+from mmfl.local import run_experiment
 from mmfl.io.store import LocalStore
 from tests.helpers.image_text_fixtures import tiny_food101_runs
 from tests.helpers.kfp_local import start_kfp_local

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmfl.config import parse_config
-from mmfl.engine.checkpoint import completed_rounds, load_round
-from mmfl.engine.local import run_experiment
+from mmfl.io.layout import completed_rounds, load_round
+from mmfl.local import run_experiment
 from mmfl.errors import ConfigError
 from mmfl.io.store import LocalStore
-from mmfl.kfp import component_io as io
+from mmfl.kfp import tasks as io
+from pipelines import segments
+from mmfl.methods import parse_experiment
 from tests.conftest import tiny_config_dict
 
 
@@ -50,8 +51,8 @@ def _assert_same_rounds(a: LocalStore, b: LocalStore, exp_id: str, atol: float =
 
 def test_segment_resumes_local_engine_and_chains(tmp_path):
     raw = tiny_config_dict(tmp_path, train={"rounds": 3})
-    cfg = parse_config({**raw, "storage": {"kind": "local", "root": str(tmp_path / "mixed")}})
-    ref_cfg = parse_config({**raw, "storage": {"kind": "local", "root": str(tmp_path / "ref")}})
+    cfg = parse_experiment({**raw, "storage": {"kind": "local", "root": str(tmp_path / "mixed")}})
+    ref_cfg = parse_experiment({**raw, "storage": {"kind": "local", "root": str(tmp_path / "ref")}})
     exp_id = cfg.experiment_id()
     run_experiment(ref_cfg, progress=False)
 
@@ -74,7 +75,7 @@ def test_segment_resumes_local_engine_and_chains(tmp_path):
 
 
 def test_retried_task_reuses_its_output(tmp_path):
-    cfg = parse_config(tiny_config_dict(tmp_path, train={"rounds": 1}))
+    cfg = parse_experiment(tiny_config_dict(tmp_path, train={"rounds": 1}))
     config_json = json.dumps(cfg.model_dump(mode="json"))
     start, _ = io.prepare_task(config_json, str(tmp_path / "ckpt"))
     m1 = io.client_train_task(config_json, start, 0, str(tmp_path / "u1"))
@@ -88,8 +89,8 @@ def test_retried_task_reuses_its_output(tmp_path):
 
 def test_per_client_slot_and_fan_in_equal_one_task(tmp_path):
     """Fan-out (one task per sampled client) followed by fan-in gives the same aggregate."""
-    a = parse_config(tiny_config_dict(tmp_path / "a", train={"rounds": 1}))
-    b = parse_config(tiny_config_dict(tmp_path / "b", train={"rounds": 1}))
+    a = parse_experiment(tiny_config_dict(tmp_path / "a", train={"rounds": 1}))
+    b = parse_experiment(tiny_config_dict(tmp_path / "b", train={"rounds": 1}))
     ja, jb = (json.dumps(c.model_dump(mode="json")) for c in (a, b))
     io.prepare_task(ja, str(tmp_path / "a-ck"))
     io.prepare_task(jb, str(tmp_path / "b-ck"))
@@ -108,24 +109,24 @@ def test_per_client_slot_and_fan_in_equal_one_task(tmp_path):
 
 
 def test_segment_length_fits_task_budget(tmp_path):
-    cfg = parse_config(tiny_config_dict(tmp_path, train={"rounds": 100}))
-    assert io.steps_per_round(cfg) == 3  # fedavg: client_train, aggregate, evaluate
-    assert io.segment_rounds(cfg, max_tasks=40) == 13
-    assert io.segments_needed(cfg, 13) == 8
-    assert io.steps_per_round(cfg, fan_out=True) == 4 + 2
+    cfg = parse_experiment(tiny_config_dict(tmp_path, train={"rounds": 100}))
+    assert segments.steps_per_round(cfg) == 3  # fedavg: client_train, aggregate, evaluate
+    assert segments.segment_rounds(cfg, max_tasks=40) == 13
+    assert segments.segments_needed(cfg, 13) == 8
+    assert segments.steps_per_round(cfg, fan_out=True) == 4 + 2
     with pytest.raises(ConfigError, match="max_tasks = 3"):
-        io.segment_rounds(cfg, max_tasks=3)
+        segments.segment_rounds(cfg, max_tasks=3)
     with pytest.raises(ConfigError, match="config_json"):
         io.load_cfg("{not json")
 
 
 def test_prototype_and_schedule_steps_match_local_engine(tmp_path, monkeypatch):
-    from mmfl import methods
+    from mmfl.methods import registry
 
-    monkeypatch.setitem(methods._REGISTRY, "fullsteps", "tests.helpers.fullstep_method")
+    monkeypatch.setitem(registry.METHODS, "fullsteps", "tests.helpers.fullstep_method:FullSteps")
     raw = tiny_config_dict(tmp_path, method={"name": "fullsteps"}, train={"rounds": 2})
-    cfg = parse_config({**raw, "storage": {"kind": "local", "root": str(tmp_path / "pipe")}})
-    ref = parse_config({**raw, "storage": {"kind": "local", "root": str(tmp_path / "ref")}})
+    cfg = parse_experiment({**raw, "storage": {"kind": "local", "root": str(tmp_path / "pipe")}})
+    ref = parse_experiment({**raw, "storage": {"kind": "local", "root": str(tmp_path / "ref")}})
     run_experiment(ref, progress=False)
     run_segment(json.dumps(cfg.model_dump(mode="json")), 2, tmp_path / "seg")
     exp_id = cfg.experiment_id()
@@ -142,8 +143,8 @@ def test_vectorized_engine_in_the_pipeline_glue_matches_the_local_engine(tmp_pat
     # The client-training task writes the vectorized engine's stacked updates as artifacts; the
     # aggregate task averages them from the store, the local engine from the stacks in memory.
     raw = tiny_config_dict(tmp_path, train={"rounds": 2, "engine": "vectorized", "vector_chunk": 3, "momentum": 0.9})
-    cfg = parse_config({**raw, "storage": {"kind": "local", "root": str(tmp_path / "glue")}})
-    ref_cfg = parse_config({**raw, "storage": {"kind": "local", "root": str(tmp_path / "ref")}})
+    cfg = parse_experiment({**raw, "storage": {"kind": "local", "root": str(tmp_path / "glue")}})
+    ref_cfg = parse_experiment({**raw, "storage": {"kind": "local", "root": str(tmp_path / "ref")}})
     run_experiment(ref_cfg, progress=False)
     run_segment(json.dumps(cfg.model_dump(mode="json")), 2, tmp_path / "seg")
     exp_id = cfg.experiment_id()

@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 from mmfl.cli import main
-from mmfl.config import parse_config
 from mmfl.errors import MmflError
-from mmfl.kfp.client import submit
-from mmfl.kfp.compile import CompileOptions
+from mmfl.methods import parse_experiment
+from pipelines.submit import submit
+from pipelines.compile import CompileOptions
 from tests.conftest import tiny_config_dict
 from tests.helpers.kfp_api import kfp_api_stub
 
@@ -44,8 +44,8 @@ def test_submit_creates_experiment_and_run(api, config_file, tmp_path):
     body = runs[0]
     (exp_id,) = state.experiments
     assert body["experiment_id"] == exp_id
-    local_cfg = parse_config(tiny_config_dict(tmp_path, train={"rounds": 5}))
-    sent = parse_config(json.loads(body["runtime_config"]["parameters"]["config_json"]))
+    local_cfg = parse_experiment(tiny_config_dict(tmp_path, train={"rounds": 5}))
+    sent = parse_experiment(json.loads(body["runtime_config"]["parameters"]["config_json"]))
     assert sent.experiment_id() == local_cfg.experiment_id() == body["display_name"]
     assert sent.storage.kind == "minio" and sent.storage.endpoint is None  # pods take it from the ConfigMap
     spec = body["pipeline_spec"]
@@ -56,7 +56,7 @@ def test_submit_creates_experiment_and_run(api, config_file, tmp_path):
 
 def test_submit_chain_runs_every_segment(api, tmp_path):
     host, state = api
-    cfg = parse_config(tiny_config_dict(tmp_path, train={"rounds": 5}))
+    cfg = parse_experiment(tiny_config_dict(tmp_path, train={"rounds": 5}))
     done = submit(cfg, host, experiment="chain", opts=CompileOptions(rounds_per_run=2), chain=True, log=lambda _: None)
     assert done.segments == 3 and len(done.run_ids) == 3
     assert [b["display_name"].split()[-1] for b in _posts(state, "/runs")] == ["seg1/3", "seg2/3", "seg3/3"]

@@ -22,3 +22,27 @@ def test_core_and_steps_import_without_kfp_minio_or_mlflow():
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"core modules pulled in: {out.stdout.strip()}"
+
+
+def test_import_layers_hold():
+    """The contracts in .importlinter: core < engine < drivers < pipelines/components, no cycles in mmfl/."""
+    lint = Path(sys.executable).with_name("lint-imports")
+    out = subprocess.run([str(lint), str(ROOT / ".importlinter"), "--no-cache"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert "0 broken" in out.stdout
+
+
+def test_an_upward_import_breaks_the_layers(tmp_path):
+    """The check is live: a core module that imports the engine is reported."""
+    import shutil
+
+    for name in ("mmfl", "pipelines", "components"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    bad = tmp_path / "mmfl" / "aggregation" / "mean.py"
+    bad.write_text(bad.read_text() + "\nfrom mmfl.engine import steps  # noqa\n")
+    lint = Path(sys.executable).with_name("lint-imports")
+    out = subprocess.run([str(lint), str(ROOT / ".importlinter"), "--no-cache"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert out.returncode != 0
+    assert "mmfl.aggregation.mean -> mmfl.engine.steps" in out.stdout

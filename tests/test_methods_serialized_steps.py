@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmfl.config import parse_config
 from mmfl.engine import steps
-from mmfl.engine.state import state_from_bytes, state_to_bytes, update_from_bytes, update_to_bytes
+from mmfl.io.codec import state_from_bytes, state_to_bytes, update_from_bytes, update_to_bytes
+from mmfl.methods import parse_experiment
 from tests.conftest import tiny_config_dict
 
 
@@ -34,7 +34,7 @@ def _round(cfg, state, shards, data, ship):
 
 @pytest.mark.parametrize("method,params,rounds", [("pmcmfl", {}, 1), ("threefm", {"local_epochs": 1}, 1), ("flexmod", {}, 2)])
 def test_serialised_steps_equal_in_process_steps(tmp_path, method, params, rounds):
-    cfg = parse_config(tiny_config_dict(tmp_path, method={"name": method, "params": params}, train={"batch_size": 32}))
+    cfg = parse_experiment(tiny_config_dict(tmp_path, method={"name": method, "params": params}, train={"batch_size": 32}))
     data = steps.prepare_data(cfg)
     shards = dict(enumerate(data.clients))
     results = []

@@ -7,11 +7,11 @@ import uuid
 import pytest
 import torch
 
-from mmfl.engine.checkpoint import latest_round, load_round, save_round
-from mmfl.engine.state import ClientUpdate, RoundState
+from mmfl.io.layout import latest_round, load_round, save_round
+from mmfl.state import ClientUpdate, RoundState
 from mmfl.errors import ArtifactError
 from mmfl.io.minio_store import MinioStore
-from mmfl.io.store import LocalStore, open_store
+from mmfl.io import LocalStore, open_store
 
 pytestmark = pytest.mark.server
 

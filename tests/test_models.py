@@ -5,7 +5,7 @@ import torch
 from torch.nn import functional as F
 
 from mmfl.config import ModelConfig
-from mmfl.data.types import DataSpec, ModalitySpec
+from mmfl.data.dataset import DataSpec, ModalitySpec
 from mmfl.models import MultimodalNet
 
 SPEC = DataSpec((ModalitySpec("img", (1, 16, 15), "image"), ModalitySpec("vec", (12,), "vector"),

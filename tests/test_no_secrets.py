@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers.codescan import CODE_DIRS, ROOT, secret_findings, text_files
+from mmfl.methods import parse_experiment
 
 SCANNED = CODE_DIRS + ("configs", "images", "Makefile")
 
@@ -55,17 +56,15 @@ def test_scanner_allows_references_to_credentials(source):
     ("storage", {"kind": "minio", "endpoint": "key:secret@minio:9000"}, "storage.endpoint"),
 ])
 def test_config_refuses_credentials(tmp_path, section, value, field):
-    from mmfl.config import parse_config
     from mmfl.errors import ConfigError
     from tests.conftest import tiny_config_dict
 
     with pytest.raises(ConfigError, match=f"{field}.*credentials must not be written into the config"):
-        parse_config(tiny_config_dict(tmp_path, **{section: value}))
+        parse_experiment(tiny_config_dict(tmp_path, **{section: value}))
 
 
 @pytest.mark.parametrize("uri", ["http://127.0.0.1:5000", "sqlite:////tmp/mlruns.db", "file:///tmp/x", "databricks"])
 def test_config_accepts_uris_without_credentials(tmp_path, uri):
-    from mmfl.config import parse_config
     from tests.conftest import tiny_config_dict
 
-    assert parse_config(tiny_config_dict(tmp_path, tracking={"uri": uri})).tracking.uri == uri
+    assert parse_experiment(tiny_config_dict(tmp_path, tracking={"uri": uri})).tracking.uri == uri

@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from mmfl.config import parse_config
 from mmfl.data import build_federated_data
 from mmfl.engine import steps
-from mmfl.engine.local import run_experiment
+from mmfl.local import run_experiment
 from mmfl.methods import get_method
 from mmfl.methods.base import Context
 from mmfl.methods.pmcmfl_losses import prototype_contrastive_loss, task_calibrated_loss
 from mmfl.methods.prototypes import aggregate_prototypes, compute_prototypes, library
+from mmfl.methods import parse_experiment
 from tests.conftest import tiny_config_dict
 
 
@@ -52,7 +52,7 @@ def test_prototype_contrastive_loss_by_hand():
 
 
 def _setup(tmp_path, **params):
-    cfg = parse_config(tiny_config_dict(tmp_path, method={"name": "pmcmfl", "params": params}))
+    cfg = parse_experiment(tiny_config_dict(tmp_path, method={"name": "pmcmfl", "params": params}))
     data = build_federated_data(cfg)
     method = get_method("pmcmfl")
     state = method.init_state(data.spec, cfg)
@@ -98,7 +98,7 @@ def test_uni_modal_inference_options(tmp_path):
     mixed = test.with_present(mixed_present)
     results = {}
     for option in ("classifier", "retrieval", "l1", "l2", "cosine"):
-        c = parse_config({**tiny_config_dict(tmp_path), "method": {"name": "pmcmfl", "params": {"inference": option}}})
+        c = parse_experiment({**tiny_config_dict(tmp_path), "method": {"name": "pmcmfl", "params": {"inference": option}}})
         ctx = Context(c, data.spec, state.round)
         model = method.load_model(state.model_weights(), ctx)
         out = method.predict(model, state, only_a.inputs, only_a.present, ctx)
@@ -123,11 +123,11 @@ def test_uni_modal_inference_options(tmp_path):
 
 
 def test_pmcmfl_two_rounds_end_to_end(tmp_path):
-    cfg = parse_config(tiny_config_dict(tmp_path, method={"name": "pmcmfl"}, train={"rounds": 2}))
+    cfg = parse_experiment(tiny_config_dict(tmp_path, method={"name": "pmcmfl"}, train={"rounds": 2}))
     result = run_experiment(cfg, progress=False)
     assert result.rounds_done == 2
     assert set(result.final) == {"full", "only:a", "only:b"}
-    from mmfl.engine.checkpoint import load_round
+    from mmfl.io.layout import load_round
     from mmfl.io.store import LocalStore
 
     state, _ = load_round(LocalStore(cfg.storage.root), result.experiment_id, 2)

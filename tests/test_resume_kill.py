@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from mmfl.config import parse_config
-from mmfl.engine.checkpoint import resume_point, round_prefix
-from mmfl.engine.local import run_experiment
+from mmfl.io.layout import resume_point, round_prefix
+from mmfl.local import run_experiment
 from mmfl.io.store import LocalStore
+from mmfl.methods import parse_experiment
 from tests.conftest import tiny_config_dict
 from tests.helpers.runs import assert_same_rounds, start_run, wait_until
 
@@ -30,7 +30,7 @@ def experiment(tmp_path: Path, **reliability) -> dict:
 def reference(tmp_path_factory):
     """An uninterrupted run: (config, store)."""
     tmp = tmp_path_factory.mktemp("reference")
-    cfg = parse_config(experiment(tmp))
+    cfg = parse_experiment(experiment(tmp))
     run_experiment(cfg, progress=False)
     return cfg, LocalStore(tmp / "store")
 
@@ -39,7 +39,7 @@ def test_sigkill_between_rounds_then_resume_gives_identical_results(tmp_path, re
     ref_cfg, ref_store = reference
     # client 0 stalls in round 3, so the kill lands after round 2's checkpoint and before round 3's
     raw = experiment(tmp_path, fault_injection=[{"round": 3, "client": 0, "mode": "sleep", "seconds": 600}])
-    exp_id = parse_config(raw).experiment_id()
+    exp_id = parse_experiment(raw).experiment_id()
     assert exp_id == ref_cfg.experiment_id()
     proc = start_run(tmp_path, raw)
     checkpoint = tmp_path / "store" / round_prefix(exp_id, 2) / "metrics.json"
@@ -51,7 +51,7 @@ def test_sigkill_between_rounds_then_resume_gives_identical_results(tmp_path, re
     assert not store.exists(f"{round_prefix(exp_id, 3)}/metrics.json")
 
     raw["reliability"] = {}  # the same experiment without the stall
-    result = run_experiment(parse_config(raw), progress=False)
+    result = run_experiment(parse_experiment(raw), progress=False)
     assert result.resumed_from == 2 and result.rounds_done == ROUNDS
     assert_same_rounds(store, ref_store, exp_id, ROUNDS)
 
@@ -69,7 +69,7 @@ def test_process_dying_inside_a_client_step_then_rerun_gives_identical_results(t
     exp_id = ref_cfg.experiment_id()
     assert resume_point(store, exp_id)[0] == 1
 
-    result = run_experiment(parse_config(raw), progress=False)  # same config: the fault has fired once
+    result = run_experiment(parse_experiment(raw), progress=False)  # same config: the fault has fired once
     assert result.resumed_from == 1 and result.rounds_done == ROUNDS
     assert all(h["clients"]["failed"] == [] for h in result.history)
     assert_same_rounds(store, ref_store, exp_id, ROUNDS)
@@ -141,6 +141,6 @@ def test_resume_after_damage_recomputes_and_matches(tmp_path, reference):
     (store.root / prefix / "state.safetensors").write_bytes(data[: len(data) - 100])
     for key in store.list(round_prefix(exp_id, 4)):
         (store.root / key).unlink()
-    result = run_experiment(parse_config(experiment(tmp_path)), progress=False)
+    result = run_experiment(parse_experiment(experiment(tmp_path)), progress=False)
     assert result.resumed_from == 2 and result.rounds_done == ROUNDS
     assert_same_rounds(store, ref_store, exp_id, ROUNDS)

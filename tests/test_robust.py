@@ -11,19 +11,19 @@ import pytest
 import torch
 
 from mmfl.cli import main as cli_main
-from mmfl.config import parse_config
 from mmfl.engine import robust, steps
-from mmfl.engine.local import run_experiment
-from mmfl.engine.state import ClientUpdate
+from mmfl.local import run_experiment
+from mmfl.state import ClientUpdate
 from mmfl.errors import ConfigError, MmflError
 from mmfl.io.store import LocalStore
+from mmfl.methods import parse_experiment
 from tests.conftest import tiny_config_dict
 
 
 @pytest.fixture(scope="module")
 def round_one(tmp_path_factory):
     """Global state, shards and the four real client updates of round 1 of the tiny experiment."""
-    cfg = parse_config(tiny_config_dict(tmp_path_factory.mktemp("r1")))
+    cfg = parse_experiment(tiny_config_dict(tmp_path_factory.mktemp("r1")))
     data = steps.prepare_data(cfg)
     state = steps.init_state(cfg, data.spec)
     shards = dict(enumerate(data.clients))
@@ -34,7 +34,7 @@ def round_one(tmp_path_factory):
 def with_reliability(cfg, **rel):
     raw = cfg.model_dump(mode="json")
     raw["reliability"] = {**raw["reliability"], **rel}
-    return parse_config(raw)
+    return parse_experiment(raw)
 
 
 def poisoned(update: ClientUpdate, how: str) -> ClientUpdate:
@@ -146,7 +146,7 @@ def test_quorum_not_met_fails_clearly(round_one):
 
 
 def test_required_updates():
-    cfg = parse_config(tiny_config_dict(Path("/nonexistent"), partition={"num_clients": 10}))
+    cfg = parse_experiment(tiny_config_dict(Path("/nonexistent"), partition={"num_clients": 10}))
     assert [robust.required_updates(cfg, n) for n in (1, 2, 3, 4, 10)] == [1, 1, 2, 2, 5]
     full = with_reliability(cfg, quorum=1.0, min_clients=2)
     assert [robust.required_updates(full, n) for n in (2, 3, 10)] == [2, 3, 10]
@@ -220,7 +220,7 @@ def test_run_with_faults_completes_and_records_clients(tmp_path, engine):
     # are host copies altered by fault injection: screening and the mean see both kinds.
     faults = [{"round": 2, "client": 1, "mode": "raise"}, {"round": 3, "client": 2, "mode": "scale"},
               {"round": 3, "client": 0, "mode": "nan"}]
-    cfg = parse_config(tiny_config_dict(tmp_path, reliability={"fault_injection": faults},
+    cfg = parse_experiment(tiny_config_dict(tmp_path, reliability={"fault_injection": faults},
                                         train={"engine": engine, "vector_chunk": 2}))
     result = run_experiment(cfg, progress=False)
     assert result.rounds_done == 3
@@ -243,7 +243,7 @@ def test_quorum_failure_stops_the_run_with_one_error_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: round 2: only 1 of 4 sampled clients") and "2 needed" in err
     assert "Traceback" not in err and len(err.splitlines()) == 1
-    cfg = parse_config(raw)
+    cfg = parse_experiment(raw)
     store = LocalStore(tmp_path / "store")
     assert store.exists(f"{cfg.experiment_id()}/rounds/00001/metrics.json")  # round 1 kept for a resume
     assert not store.exists(f"{cfg.experiment_id()}/rounds/00002/metrics.json")
@@ -253,7 +253,7 @@ def test_failed_and_rejected_clients_are_recorded_in_mlflow(tmp_path, mlflow_uri
     from mlflow.tracking import MlflowClient
 
     faults = [{"round": 1, "client": 3, "mode": "raise"}, {"round": 2, "client": 0, "mode": "inf"}]
-    cfg = parse_config(tiny_config_dict(
+    cfg = parse_experiment(tiny_config_dict(
         tmp_path, train={"rounds": 2}, reliability={"fault_injection": faults},
         tracking={"enabled": True, "uri": mlflow_uri, "experiment": "reliability-test"}))
     result = run_experiment(cfg, progress=False)
@@ -283,12 +283,12 @@ def test_failed_and_rejected_clients_are_recorded_in_mlflow(tmp_path, mlflow_uri
 ])
 def test_reliability_config_errors_name_the_field(tmp_path, rel, field):
     with pytest.raises(ConfigError) as info:
-        parse_config(tiny_config_dict(tmp_path, reliability=rel))
+        parse_experiment(tiny_config_dict(tmp_path, reliability=rel))
     assert field in str(info.value)
 
 
 def test_reliability_settings_do_not_change_the_experiment_id(tmp_path):
-    base = parse_config(tiny_config_dict(tmp_path))
-    other = parse_config(tiny_config_dict(tmp_path, reliability={
+    base = parse_experiment(tiny_config_dict(tmp_path))
+    other = parse_experiment(tiny_config_dict(tmp_path, reliability={
         "quorum": 1.0, "client_timeout_s": 9, "fault_injection": [{"round": 1, "client": 0, "mode": "raise"}]}))
     assert base.experiment_id() == other.experiment_id()

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from mmfl.aggregation import weighted_mean
-from mmfl.aggregation.stacked import ClientStack, StackView, accumulate_stacked
-from mmfl.config import parse_config
+from mmfl.engine.vectorized.stack import ClientStack, StackView, accumulate_stacked
 from mmfl.engine import robust, steps
-from mmfl.engine.state import ClientUpdate, update_from_bytes, update_to_bytes
+from mmfl.state import ClientUpdate
+from mmfl.io.codec import update_from_bytes, update_to_bytes
 from mmfl.engine.vectorized import client_train_vectorized
+from mmfl.methods import parse_experiment
 from tests.conftest import tiny_config_dict
 from tests.test_vectorized import TOL, _max_diff, _setup
 
@@ -76,7 +77,7 @@ def test_blocked_reduction_equals_row_by_row(rows, monkeypatch):
     views = [stack.view(j) for j in rows]
     fracs = [0.1 * (j + 1) for j in rows]
     shapes = {"w": (5, 3), "s": (2,), "b": (7,)}
-    monkeypatch.setattr("mmfl.aggregation.stacked._BLOCK_BYTES", 8 * 15 * 3)  # three rows of w per block
+    monkeypatch.setattr("mmfl.engine.vectorized.stack._BLOCK_BYTES", 8 * 15 * 3)  # three rows of w per block
     got = {k: torch.zeros(v, dtype=torch.float64) for k, v in shapes.items()}
     accumulate_stacked(got, views, fracs, blocked=True)
     ref = {k: torch.zeros(v, dtype=torch.float64) for k, v in shapes.items()}
@@ -96,7 +97,7 @@ def test_weighted_mean_names_a_shape_mismatch():
 def test_screening_of_a_stack_matches_screening_of_copies(trained):
     cfg, shards, state, _ = trained
     vec = client_train_vectorized(cfg, state, shards, steps.sample_clients(cfg, 1))  # its own stacks: poisoned below
-    cfg = parse_config({**cfg.model_dump(mode="json"),
+    cfg = parse_experiment({**cfg.model_dump(mode="json"),
                         "reliability": {**cfg.reliability.model_dump(mode="json"), "max_norm_ratio": 3.0}})
     g = state.model_weights()
     for u in vec:
@@ -140,7 +141,7 @@ def test_graph_buffers_replayed_over_rounds_equal_the_loop(tmp_path):
     copies out of shared buffers), run eagerly: two rounds, several chunks of one shape."""
     raw = tiny_config_dict(tmp_path, train={"local_epochs": 1, "batch_size": 16, "lr": 0.05, "momentum": 0.9,
                                             "vector_chunk": 2})
-    cfg = parse_config(raw)
+    cfg = parse_experiment(raw)
     data = steps.prepare_data(cfg)
     shards = {i: s for i, s in enumerate(data.clients)}
     # Every client the same size, so consecutive chunks share one set of buffers.
@@ -162,7 +163,8 @@ def test_graph_buffers_replayed_over_rounds_equal_the_loop(tmp_path):
 
 def test_captured_chunks_are_bounded(tmp_path, monkeypatch):
     """Chunk shapes change with the sampled clients; the trainer keeps only the most recent ones."""
-    from mmfl.engine import vector_trainer, vectorized
+    from mmfl.engine import vectorized
+    from mmfl.engine.vectorized import trainer as vector_trainer
 
     monkeypatch.setattr(vector_trainer, "MAX_GRAPHS", 2)
     cfg, shards, state = _setup(tmp_path, train={"local_epochs": 1, "vector_chunk": 1})
@@ -181,7 +183,7 @@ def test_captured_chunks_are_bounded(tmp_path, monkeypatch):
 def test_failed_capture_falls_back_to_eager_and_says_so(tmp_path, monkeypatch, caplog):
     import logging
 
-    from mmfl.engine import vector_trainer
+    from mmfl.engine.vectorized import trainer as vector_trainer
 
     def refuse(self, *args, **kwargs):
         raise RuntimeError("operation not permitted when stream is capturing")
@@ -189,7 +191,7 @@ def test_failed_capture_falls_back_to_eager_and_says_so(tmp_path, monkeypatch, c
     monkeypatch.setattr(vector_trainer._GraphedChunk, "__init__", refuse)
     cfg, shards, state = _setup(tmp_path, train={"local_epochs": 1, "lr": 0.07})
     ids = steps.sample_clients(cfg, 1)
-    with caplog.at_level(logging.WARNING, logger="mmfl.engine.vector_trainer"):
+    with caplog.at_level(logging.WARNING, logger="mmfl.engine.vectorized.trainer"):
         vec = client_train_vectorized(cfg, state, shards, ids, static_buffers=True)
     assert any("capture or replay failed" in r.message and "stream is capturing" in r.message for r in caplog.records)
     for a, b in zip(steps.client_train(cfg, state, shards, ids), vec):

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from mmfl.aggregation import weighted_mean
-from mmfl.config import parse_config
 from mmfl.engine import steps
-from mmfl.engine.state import ClientUpdate, RoundState, state_from_bytes, state_to_bytes, update_from_bytes, update_to_bytes
+from mmfl.state import ClientUpdate, RoundState
+from mmfl.io.codec import state_from_bytes, state_to_bytes, update_from_bytes, update_to_bytes
+from mmfl.methods import parse_experiment
 from tests.conftest import tiny_config_dict
 
 
@@ -34,12 +35,12 @@ def test_init_state_holds_model_and_data_spec(setup):
 
 
 def test_sample_clients_is_seeded_and_respects_fraction(tmp_path):
-    cfg = parse_config(tiny_config_dict(tmp_path, partition={"num_clients": 20}, train={"clients_per_round": 0.25}))
+    cfg = parse_experiment(tiny_config_dict(tmp_path, partition={"num_clients": 20}, train={"clients_per_round": 0.25}))
     picks = [steps.sample_clients(cfg, r) for r in range(1, 6)]
     assert all(len(p) == 5 and len(set(p)) == 5 and p == sorted(p) for p in picks)
     assert picks == [steps.sample_clients(cfg, r) for r in range(1, 6)]
     assert len({tuple(p) for p in picks}) > 1
-    full = parse_config(tiny_config_dict(tmp_path))
+    full = parse_experiment(tiny_config_dict(tmp_path))
     assert steps.sample_clients(full, 1) == [0, 1, 2, 3]
 
 
@@ -84,7 +85,7 @@ def test_schedule_is_identity_for_baselines(setup):
 
 
 def test_evaluate_reports_every_test_pattern_and_learns(tmp_path):
-    cfg = parse_config(tiny_config_dict(tmp_path, train={"local_epochs": 3}))
+    cfg = parse_experiment(tiny_config_dict(tmp_path, train={"local_epochs": 3}))
     data = steps.prepare_data(cfg)
     state, shards = steps.init_state(cfg, data.spec), dict(enumerate(data.clients))
     before = steps.evaluate(cfg, state, data.test)
@@ -98,14 +99,14 @@ def test_evaluate_reports_every_test_pattern_and_learns(tmp_path):
 
 
 def test_should_evaluate_every_k_and_last(tmp_path):
-    cfg = parse_config(tiny_config_dict(tmp_path, train={"rounds": 7}, eval={"every": 3}))
+    cfg = parse_experiment(tiny_config_dict(tmp_path, train={"rounds": 7}, eval={"every": 3}))
     assert [r for r in range(1, 8) if steps.should_evaluate(cfg, r)] == [3, 6, 7]
 
 
 def test_fedprox_keeps_local_models_closer_to_the_global_model(tmp_path):
     dist = {}
     for name, params in (("fedavg", {}), ("fedprox", {"mu": 5.0})):
-        cfg = parse_config(tiny_config_dict(tmp_path, method={"name": name, "params": params}, train={"local_epochs": 3}))
+        cfg = parse_experiment(tiny_config_dict(tmp_path, method={"name": name, "params": params}, train={"local_epochs": 3}))
         data = steps.prepare_data(cfg)
         state = steps.init_state(cfg, data.spec)
         up = steps.client_train(cfg, state, dict(enumerate(data.clients)), [0])[0]
@@ -114,7 +115,7 @@ def test_fedprox_keeps_local_models_closer_to_the_global_model(tmp_path):
 
 
 def test_zero_fill_and_fedavg_differ_only_in_the_missing_path(tmp_path):
-    cfgs = [parse_config(tiny_config_dict(tmp_path, method={"name": m})) for m in ("fedavg", "zerofill")]
+    cfgs = [parse_experiment(tiny_config_dict(tmp_path, method={"name": m})) for m in ("fedavg", "zerofill")]
     data = steps.prepare_data(cfgs[0])
     ups = [steps.client_train(c, steps.init_state(c, data.spec), dict(enumerate(data.clients)), [0])[0] for c in cfgs]
     assert not torch.equal(ups[0].tensors["model/head.weight"], ups[1].tensors["model/head.weight"])

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from mmfl.engine.checkpoint import completed_rounds, latest_round, load_round, save_round
-from mmfl.engine.state import RoundState
+from mmfl.io.layout import completed_rounds, latest_round, load_round, save_round
+from mmfl.state import RoundState
 from mmfl.errors import ArtifactError
 from mmfl.io.store import LocalStore, validate_key
 

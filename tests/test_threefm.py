@@ -5,17 +5,17 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from mmfl.config import parse_config
 from mmfl.data import build_federated_data
-from mmfl.engine.local import run_experiment
+from mmfl.local import run_experiment
 from mmfl.methods import get_method
 from mmfl.methods.base import Context
 from mmfl.methods.threefm import ThreeFMParams, inner_adapt, meta_gradient, split_support_query
+from mmfl.methods import parse_experiment
 from tests.conftest import tiny_config_dict
 
 
 def _model_and_batches(tmp_path):
-    cfg = parse_config(tiny_config_dict(tmp_path, method={"name": "threefm"}))
+    cfg = parse_experiment(tiny_config_dict(tmp_path, method={"name": "threefm"}))
     data = build_federated_data(cfg)
     method = get_method("threefm")
     model = method.load_model(method.init_state(data.spec, cfg).model_weights(), Context(cfg, data.spec, 1))
@@ -80,7 +80,7 @@ def test_meta_gradient_matches_second_order_autograd(tmp_path):
 
 
 def test_missing_branch_is_zeroed_at_prediction(tmp_path):
-    cfg = parse_config(tiny_config_dict(tmp_path, method={"name": "threefm"}))
+    cfg = parse_experiment(tiny_config_dict(tmp_path, method={"name": "threefm"}))
     data = build_federated_data(cfg)
     method = get_method("threefm")
     state = method.init_state(data.spec, cfg)
@@ -99,7 +99,7 @@ def test_missing_branch_is_zeroed_at_prediction(tmp_path):
 
 
 def test_threefm_two_rounds_end_to_end(tmp_path):
-    cfg = parse_config(tiny_config_dict(tmp_path, method={"name": "threefm", "params": {"local_epochs": 1}},
+    cfg = parse_experiment(tiny_config_dict(tmp_path, method={"name": "threefm", "params": {"local_epochs": 1}},
                                         train={"rounds": 2, "batch_size": 32}))
     result = run_experiment(cfg, progress=False)
     assert result.rounds_done == 2 and set(result.final) == {"full", "only:a", "only:b"}

@@ -2,13 +2,13 @@
 
 from mlflow.tracking import MlflowClient
 
-from mmfl.config import parse_config
-from mmfl.engine.local import run_experiment
+from mmfl.local import run_experiment
+from mmfl.methods import parse_experiment
 from tests.conftest import tiny_config_dict
 
 
 def test_run_logs_params_metrics_table_and_plot_to_mlflow_server(tmp_path, mlflow_uri):
-    cfg = parse_config(tiny_config_dict(tmp_path, tracking={"enabled": True, "uri": mlflow_uri, "experiment": "t-server"}))
+    cfg = parse_experiment(tiny_config_dict(tmp_path, tracking={"enabled": True, "uri": mlflow_uri, "experiment": "t-server"}))
     result = run_experiment(cfg, progress=False)
     client = MlflowClient(tracking_uri=mlflow_uri)
     run = client.get_run(result.run_id)

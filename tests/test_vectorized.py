@@ -10,14 +10,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mmfl.config import parse_config
-from mmfl.data.types import DataSpec
+from mmfl.data.dataset import DataSpec
 from mmfl.engine import steps
-from mmfl.engine.local import run_experiment
-from mmfl.engine.vector_batches import build_chunk_batches
+from mmfl.local import run_experiment
+from mmfl.engine.vectorized.batches import build_chunk_batches
 from mmfl.engine.vectorized import client_train_vectorized
 from mmfl.methods.base import Context, iterate_batches
 from mmfl.methods.fedavg import FedAvg
+from mmfl.methods import parse_experiment
 from tests.conftest import tiny_config_dict
 
 TOL = 1e-6
@@ -27,7 +27,7 @@ ONE_EPOCH = {"local_epochs": 1}
 def _setup(tmp_path: Path, **sections):
     train = {"local_epochs": 2, "batch_size": 16, "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3,
              "vector_chunk": 3, **sections.pop("train", {})}
-    cfg = parse_config(tiny_config_dict(tmp_path, train=train, **sections))
+    cfg = parse_experiment(tiny_config_dict(tmp_path, train=train, **sections))
     data = steps.prepare_data(cfg)
     shards = dict(enumerate(data.clients))
     state = steps.init_state(cfg, data.spec)
@@ -63,7 +63,7 @@ def _assert_same_round(cfg, shards, state, method=None):
 
 
 def test_batch_schedule_follows_the_loop_order():
-    from mmfl.data.types import ModalitySpec, MultimodalDataset
+    from mmfl.data.dataset import ModalitySpec, MultimodalDataset
 
     spec = DataSpec((ModalitySpec("a", (2,)), ModalitySpec("b", (1,))), 3)
     shards = []
@@ -136,22 +136,22 @@ class _ItemNet(_GRUNet):
 class _GRUMethod(FedAvg):
     vectorizable = True
 
-    def build_model(self, spec, cfg):
+    def build_model(self, spec, cfg, resources=None):
         return _GRUNet(spec)
 
 
 class _ItemMethod(FedAvg):
     vectorizable = True
 
-    def build_model(self, spec, cfg):
+    def build_model(self, spec, cfg, resources=None):
         return _ItemNet(spec)
 
 
 class _CustomLoss(FedAvg):
-    """Inherits from FedAvg but changes the local loss, without declaring vectorizable itself."""
+    """Inherits vectorizable = True from FedAvg but changes the batch loss, which the engine does not reproduce."""
 
-    def local_loss(self, model, inputs, present, labels, state, ctx):
-        return F.cross_entropy(model(inputs, present), labels, label_smoothing=0.1)
+    def batch_loss(self, model, batch, state, ctx):
+        return F.cross_entropy(model(batch.inputs, batch.present), batch.labels, label_smoothing=0.1)
 
 
 def _method_state(cfg, method):
@@ -165,17 +165,17 @@ def test_gru_model_is_vectorized_when_the_probe_confirms_it(tmp_path, caplog):
     method = _GRUMethod()
     with caplog.at_level(logging.INFO, logger="mmfl.engine.vectorized"):
         _assert_same_round(cfg, shards, _method_state(cfg, method), method)
-    assert not any("falling back" in r.message for r in caplog.records)
+    assert not any("one by one" in r.message for r in caplog.records)
 
 
-@pytest.mark.parametrize(("method", "why"), [(_ItemMethod(), "vmap over clients failed"), (_CustomLoss(), "vectorizable")])
+@pytest.mark.parametrize(("method", "why"), [(_ItemMethod(), "vmap over clients failed"), (_CustomLoss(), "batch_loss")])
 def test_falls_back_to_the_loop_and_says_why(tmp_path, caplog, method, why):
     cfg, shards, _ = _setup(tmp_path, train=ONE_EPOCH)
     state = _method_state(cfg, method)
     ids = steps.sample_clients(cfg, 1)
     with caplog.at_level(logging.INFO, logger="mmfl.engine.vectorized"):
         vec = client_train_vectorized(cfg, state, shards, ids, method=method)
-    assert any("falling back to the per-client loop" in r.message and why in r.message for r in caplog.records)
+    assert any("training clients one by one" in r.message and why in r.message for r in caplog.records)
     spec = DataSpec.from_json(state.meta["data_spec"])
     loop = [method.client_update(state, shards[c], Context(cfg, spec, 1, c)) for c in ids]
     for u, v in zip(loop, vec):
@@ -192,7 +192,7 @@ def test_dropout_falls_back(tmp_path, caplog):
 def test_local_engine_runs_vectorized_like_the_loop(tmp_path):
     results = {}
     for engine in ("loop", "vectorized"):
-        cfg = parse_config(tiny_config_dict(tmp_path, train={"rounds": 2, "local_epochs": 1, "batch_size": 16,
+        cfg = parse_experiment(tiny_config_dict(tmp_path, train={"rounds": 2, "local_epochs": 1, "batch_size": 16,
                                                               "lr": 0.05, "engine": engine, "vector_chunk": 2},
                                             eval={"every": 2}))
         results[engine] = run_experiment(cfg, progress=False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmfl.aggregation.stacked import StackView
+from mmfl.engine.vectorized.stack import StackView
 from mmfl.engine import steps
 from mmfl.engine.vectorized import client_train_vectorized
 from tests.test_vectorized import _max_diff, _setup

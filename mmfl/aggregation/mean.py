@@ -6,16 +6,15 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from mmfl.aggregation.stacked import StackView, accumulate_stacked, shape_dtype
+from mmfl.state import StackedRow, shape_dtype
 
 
 def weighted_mean(tensors: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
     """sum_k w_k * t_k / sum_k w_k for every key; all mappings must share keys and shapes.
 
     Accumulates in float64. Plain dicts are added one client at a time (no clients x params
-    stack in memory); rows of a ``ClientStack`` (``StackView``s from the vectorized engine) are
-    reduced where the stack lives, one reduction per tensor, without copying each client's
-    weights to the host.
+    stack in memory); ``StackedRow``s (clients trained together on stacked parameters) are
+    reduced group by group where the stack lives, without copying each client's weights to the host.
     """
     if not tensors:
         raise ValueError("weighted_mean needs at least one parameter set")
@@ -37,15 +36,15 @@ def weighted_mean(tensors: Sequence[Mapping[str, torch.Tensor]], weights: Sequen
     fractions = [float(x) / total for x in weights]
     first = tensors[0]
     acc = {key: torch.zeros(shape_dtype(first, key)[0], dtype=torch.float64) for key in keys}
-    groups: dict[tuple[int, str], tuple[list[StackView], list[float]]] = {}
+    groups: dict[object, tuple[list[StackedRow], list[float]]] = {}
     for frac, t in zip(fractions, tensors):
-        if isinstance(t, StackView):
-            views, fracs = groups.setdefault((id(t.stack), t.prefix), ([], []))
+        if isinstance(t, StackedRow):
+            views, fracs = groups.setdefault(t.group, ([], []))
             views.append(t)
             fracs.append(frac)
             continue
         for key in keys:
             acc[key].add_(t[key].to(device="cpu", dtype=torch.float64), alpha=frac)
     for views, fracs in groups.values():
-        accumulate_stacked(acc, views, fracs)
+        type(views[0]).accumulate(acc, views, fracs)
     return {key: acc[key].to(shape_dtype(first, key)[1]) for key in keys}

@@ -8,7 +8,7 @@ from mmfl.config import ExperimentConfig
 from mmfl.data.missing import simulate_missing
 from mmfl.data.partition import partition
 from mmfl.data.splits import load_dataset
-from mmfl.data.types import DataSpec, ModalitySpec, MultimodalDataset
+from mmfl.data.dataset import DataSpec, ModalitySpec, MultimodalDataset
 
 __all__ = ["DataSpec", "ModalitySpec", "MultimodalDataset", "FederatedData", "build_federated_data"]
 

@@ -18,8 +18,8 @@ import numpy as np
 
 from mmfl.config import DataConfig
 from mmfl.data.image_text import load_image, require_dir, select_classes, tokenize
-from mmfl.data.sources import RawData
-from mmfl.data.types import ModalitySpec
+from mmfl.data.dataset import RawData
+from mmfl.data.dataset import ModalitySpec
 from mmfl.errors import DataError
 
 LAYOUT = "images/<split>/<class>/<file>.jpg and texts/<split>_titles.csv"

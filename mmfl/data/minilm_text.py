@@ -23,8 +23,9 @@ import torch
 
 from mmfl.config import DataConfig
 from mmfl.data.image_text import minilm_dir
-from mmfl.data.sources import MFEAT_VIEWS, RawData, load_mfeat
-from mmfl.data.types import ModalitySpec
+from mmfl.data.dataset import RawData
+from mmfl.data.sources import MFEAT_VIEWS, load_mfeat
+from mmfl.data.dataset import ModalitySpec
 from mmfl.errors import DataError
 
 LEVELS = ("very low", "low", "medium", "high", "very high")

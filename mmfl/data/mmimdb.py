@@ -20,8 +20,8 @@ import numpy as np
 
 from mmfl.config import DataConfig
 from mmfl.data.image_text import load_image, require_dir, tokenize
-from mmfl.data.sources import RawData
-from mmfl.data.types import ModalitySpec
+from mmfl.data.dataset import RawData
+from mmfl.data.dataset import ModalitySpec
 from mmfl.errors import DataError
 
 LAYOUT = "dataset/<id>.jpeg + dataset/<id>.json with plot and genres (+ split.json)"

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mmfl.config import DataConfig
-from mmfl.data.types import ModalityKind, ModalitySpec
+from mmfl.data.dataset import ModalityKind, ModalitySpec, RawData
 from mmfl.errors import DataError
 
 MFEAT_VIEWS: dict[str, tuple[tuple[int, ...], ModalityKind]] = {
@@ -31,14 +30,6 @@ MFEAT_VIEWS: dict[str, tuple[tuple[int, ...], ModalityKind]] = {
 }
 MFEAT_DEFAULT = ["pix", "fou"]
 BASICMOTIONS_DEFAULT = ["accelerometer", "gyroscope"]
-
-
-@dataclass
-class RawData:
-    specs: list[ModalitySpec]
-    arrays: dict[str, np.ndarray]
-    labels: np.ndarray  # int64 in [0, num_classes)
-    num_classes: int
 
 
 def _package_dir(package: str, hint: str) -> Path:
@@ -120,29 +111,3 @@ def load_synthetic(cfg: DataConfig) -> RawData:
         arrays[name] = means[labels] + rng.normal(0.0, s.noise, size=(s.num_samples, d)).astype(np.float32)
         specs.append(ModalitySpec(name, (d,), "vector"))
     return RawData(specs, arrays, labels, s.num_classes)
-
-
-def _load_food101(cfg: DataConfig) -> RawData:
-    from mmfl.data.food101 import load_food101
-
-    return load_food101(cfg)
-
-
-def _load_mmimdb(cfg: DataConfig) -> RawData:
-    from mmfl.data.mmimdb import load_mmimdb
-
-    return load_mmimdb(cfg)
-
-
-def _load_mfeat_text(cfg: DataConfig) -> RawData:
-    from mmfl.data.minilm_text import load_mfeat_text
-
-    return load_mfeat_text(cfg)
-
-
-LOADERS = {"mfeat": load_mfeat, "basicmotions": load_basicmotions, "synthetic": load_synthetic,
-           "food101": _load_food101, "mmimdb": _load_mmimdb, "mfeat_text": _load_mfeat_text}
-
-
-def load_raw(cfg: DataConfig) -> RawData:
-    return LOADERS[cfg.name](cfg)

@@ -7,8 +7,8 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from mmfl.config import DataConfig
-from mmfl.data.sources import load_raw
-from mmfl.data.types import DataSpec, MultimodalDataset
+from mmfl.data.loaders import load_raw
+from mmfl.data.dataset import DataSpec, MultimodalDataset
 
 
 def load_dataset(cfg: DataConfig) -> tuple[MultimodalDataset, MultimodalDataset]:

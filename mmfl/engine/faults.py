@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from mmfl.config import ExperimentConfig, FaultSpec
-from mmfl.engine.state import ClientUpdate
+from mmfl.state import ClientUpdate
 
 log = logging.getLogger(__name__)
 

@@ -30,10 +30,9 @@ from typing import Any, TypeVar
 
 import torch
 
-from mmfl.aggregation.stacked import StackView, shape_dtype
 from mmfl.config import ExperimentConfig
 from mmfl.engine import faults
-from mmfl.engine.state import ClientUpdate, RoundState
+from mmfl.state import ClientUpdate, RoundState, StackedRow, shape_dtype
 from mmfl.errors import MmflError
 
 log = logging.getLogger(__name__)
@@ -160,7 +159,7 @@ def train_batch(cfg: ExperimentConfig, round_index: int, client_ids: Sequence[in
 def update_distance(update: ClientUpdate, global_weights: dict[str, torch.Tensor]) -> float:
     """L2 norm of (update - global model) over the floating-point parameters both share."""
     weights = update.model_weights()
-    if isinstance(weights, StackView):  # computed for the whole stack at once, where it lives
+    if isinstance(weights, StackedRow):  # computed for the whole stack at once, where it lives
         total = weights.summary(global_weights).sq_distance
         return math.sqrt(total) if math.isfinite(total) else math.inf
     total = 0.0
@@ -174,7 +173,7 @@ def update_distance(update: ClientUpdate, global_weights: dict[str, torch.Tensor
 
 def _nonfinite(update: ClientUpdate, global_weights: dict[str, torch.Tensor]) -> tuple[str, int, int] | None:
     """The first tensor of the update holding NaN or inf, as (key, NaNs, infs), or None."""
-    if isinstance(update.tensors, StackView):
+    if isinstance(update.tensors, StackedRow):
         return update.model_weights().summary(global_weights).nonfinite
     for key, value in update.tensors.items():
         if value.is_floating_point() or value.is_complex():

@@ -2,8 +2,10 @@
 
     client_train -> upload_prototypes -> aggregate -> schedule -> evaluate
 
-The local engine calls them in one process; each Kubeflow component calls exactly one of them
-after reading its inputs from the artifact store. Nothing here does I/O.
+The local engine calls them in one process; each Kubeflow task calls exactly one of them after
+reading its inputs from the artifact store. The steps read and write nothing themselves; the
+only I/O below them is what ``engine/resources.py`` hands to methods (``store://`` backbone
+weights, the frozen-feature cache).
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from torchmetrics.functional.classification import multiclass_accuracy, multicla
 from mmfl.config import ExperimentConfig
 from mmfl.data import FederatedData, build_federated_data
 from mmfl.data.missing import eval_patterns, pattern_presence
-from mmfl.data.types import DataSpec, MultimodalDataset
+from mmfl.data.dataset import DataSpec, MultimodalDataset
 from mmfl.engine import robust
-from mmfl.engine.state import ClientUpdate, RoundState
+from mmfl.state import ClientUpdate, RoundState
 from mmfl.errors import ConfigError
-from mmfl.methods import Method, get_method
+from mmfl.engine.resources import resources_for
+from mmfl.methods import Method, resolve
 from mmfl.methods.base import Context
 
 
@@ -38,7 +41,13 @@ def apply_execution_settings(cfg: ExperimentConfig) -> None:
 
 
 def method_of(cfg: ExperimentConfig) -> Method:
-    return get_method(cfg.method.name)
+    """The experiment's method (resolved, with its params validated, once per config)."""
+    return resolve(cfg).method
+
+
+def context(cfg: ExperimentConfig, spec: DataSpec, round_index: int, client_id: int = -1, device: str | None = None) -> Context:
+    """A method's view of a step, with the engine's resources (store, feature caches) handed over."""
+    return Context(cfg, spec, round_index, client_id, cfg.train.device if device is None else device, resources_for(cfg))
 
 
 def spec_of(state: RoundState) -> DataSpec:
@@ -51,7 +60,7 @@ def prepare_data(cfg: ExperimentConfig) -> FederatedData:
 
 
 def init_state(cfg: ExperimentConfig, spec: DataSpec) -> RoundState:
-    return method_of(cfg).init_state(spec, cfg)
+    return method_of(cfg).init_state(spec, cfg, resources_for(cfg))
 
 
 def sample_clients(cfg: ExperimentConfig, round_index: int) -> list[int]:
@@ -69,18 +78,22 @@ def client_train(
 ) -> list[ClientUpdate]:
     """Local training of the sampled clients from the global state of the round.
 
-    A client that raises or times out yields a failed update (see ``engine/robust.py``).
+    A client that raises or times out yields a failed update (see ``engine/robust.py``). With
+    ``train.engine: vectorized`` the clients train together when the engine reproduces the
+    method's local training (a failure then fails the batch); otherwise, said once in the log,
+    they train one by one exactly as with ``loop``, so a failure stays with its client.
     """
-    if cfg.train.engine == "vectorized":
-        from mmfl.engine.vectorized import client_train_vectorized
-
-        return robust.train_batch(cfg, state.round + 1, client_ids,
-                                  lambda ids: client_train_vectorized(cfg, state, shards, ids))
     method, spec = method_of(cfg), spec_of(state)
+    if cfg.train.engine == "vectorized" and client_ids:
+        from mmfl.engine import vectorized
+
+        trainer = vectorized.trainer_for(method, cfg, state, shards[client_ids[0]])
+        if trainer is not None:
+            return robust.train_batch(cfg, state.round + 1, client_ids,
+                                      lambda ids: vectorized.train_clients(trainer, cfg, state, shards, ids))
 
     def train_one(cid: int) -> ClientUpdate:
-        ctx = Context(cfg, spec, state.round + 1, cid, cfg.train.device)
-        return method.client_update(state, shards[cid], ctx)
+        return method.client_update(state, shards[cid], context(cfg, spec, state.round + 1, cid))
 
     return robust.train_clients(cfg, state.round + 1, client_ids, train_one)
 
@@ -97,7 +110,7 @@ def upload_prototypes(
         if robust.is_failed(u):
             out.append(u)
             continue
-        ctx = Context(cfg, spec, state.round + 1, u.client_id, cfg.train.device)
+        ctx = context(cfg, spec, state.round + 1, u.client_id)
 
         def attach(u: ClientUpdate = u, ctx: Context = ctx) -> ClientUpdate:
             extra = method.client_prototypes(state, u, shards[u.client_id], ctx) or {}
@@ -119,7 +132,7 @@ def aggregate(
     """
     updates, clients = robust.screen_round(cfg, state, updates, expected_clients)
     method = method_of(cfg)
-    ctx = Context(cfg, spec_of(state), state.round + 1, -1, "cpu")
+    ctx = context(cfg, spec_of(state), state.round + 1, -1, "cpu")
     new = method.aggregate(state, list(updates), ctx)
     new.meta.setdefault("history", [])
     new.meta["history"] = new.meta["history"] + [
@@ -139,7 +152,7 @@ def schedule(cfg: ExperimentConfig, state: RoundState, eval_metrics: dict[str, A
     method = method_of(cfg)
     if not method.uses_schedule:
         return state
-    return method.schedule(state, Context(cfg, spec_of(state), state.round, -1, "cpu"), eval_metrics)
+    return method.schedule(state, context(cfg, spec_of(state), state.round, -1, "cpu"), eval_metrics)
 
 
 def should_evaluate(cfg: ExperimentConfig, round_index: int) -> bool:
@@ -151,7 +164,7 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """Accuracy and macro-F1 of the global model for every test pattern: {pattern: {acc, f1}}."""
     method, spec = method_of(cfg), spec_of(state)
-    ctx = Context(cfg, spec, state.round, -1, cfg.train.device)
+    ctx = context(cfg, spec, state.round)
     model = method.load_model(state.model_weights(), ctx)
     results = {}
     for pattern in eval_patterns(spec.names, cfg.eval.patterns):

@@ -1,5 +1,25 @@
-"""I/O at the edges: artifact stores (local, MinIO) and MLflow tracking."""
+"""I/O at the edges: artifact stores (local, MinIO), their byte format and key layout, MLflow tracking."""
 
-from mmfl.io.store import ArtifactStore, LocalStore, open_store, validate_key
+from __future__ import annotations
 
-__all__ = ["ArtifactStore", "LocalStore", "open_store", "validate_key"]
+from mmfl.errors import ArtifactError
+from mmfl.io.store import ArtifactStore, LocalStore, validate_key
+
+
+def open_store(kind: str, root: str, bucket: str = "mmfl", endpoint: str | None = None, secure: bool = False) -> ArtifactStore:
+    """LocalStore for ``local``; MinioStore (credentials from the environment) for ``minio``."""
+    if kind == "local":
+        return LocalStore(root)
+    if kind == "minio":
+        from mmfl.io.minio_store import MinioStore
+
+        return MinioStore.from_env(bucket=bucket, prefix=root, endpoint=endpoint, secure=secure)
+    raise ArtifactError(f"storage.kind = {kind!r}: use local or minio")
+
+
+def store_of(storage) -> ArtifactStore:
+    """The store of a config's ``storage`` section."""
+    return open_store(storage.kind, storage.root, storage.bucket, storage.endpoint, storage.secure)
+
+
+__all__ = ["ArtifactStore", "LocalStore", "open_store", "store_of", "validate_key"]

@@ -15,18 +15,8 @@ from typing import Any
 
 import torch
 
-from mmfl.engine.state import (
-    ClientUpdate,
-    RoundState,
-    json_from_bytes,
-    json_to_bytes,
-    state_from_bytes,
-    state_to_bytes,
-    tensors_from_bytes,
-    tensors_to_bytes,
-    update_from_bytes,
-    update_to_bytes,
-)
+from mmfl.state import ClientUpdate, RoundState
+from mmfl.io.codec import json_from_bytes, json_to_bytes, state_from_bytes, state_to_bytes, tensors_from_bytes, tensors_to_bytes, update_from_bytes, update_to_bytes
 from mmfl.errors import ArtifactError
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,199}$")
@@ -146,14 +136,3 @@ class LocalStore(ArtifactStore):
         return sorted(
             str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file() and not p.name.startswith(".tmp-")
         )
-
-
-def open_store(kind: str, root: str, bucket: str = "mmfl", endpoint: str | None = None, secure: bool = False) -> ArtifactStore:
-    """LocalStore for ``local``; MinioStore (credentials from the environment) for ``minio``."""
-    if kind == "local":
-        return LocalStore(root)
-    if kind == "minio":
-        from mmfl.io.minio_store import MinioStore
-
-        return MinioStore.from_env(bucket=bucket, prefix=root, endpoint=endpoint, secure=secure)
-    raise ArtifactError(f"storage.kind = {kind!r}: use local or minio")

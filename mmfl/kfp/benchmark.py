@@ -15,31 +15,24 @@ from typing import Any
 
 import numpy as np
 
-from mmfl.config import ExperimentConfig, parse_config
+from mmfl.config import ExperimentConfig, grid_configs, parse_config
+from mmfl.data.dataset import DataSpec
 from mmfl.data.missing import eval_patterns
 from mmfl.errors import ConfigError
-from mmfl.data.types import DataSpec
-from mmfl.kfp.component_io import load_cfg, store_of, write_manifest
-from mmfl.engine.checkpoint import latest_round, load_round
-from mmfl.report import matrix_records, training_setting
+from mmfl.io.layout import latest_round, load_round
+from mmfl.kfp.tasks import load_cfg, store_of, write_manifest
+from mmfl.methods import resolve
+from mmfl.results import matrix_records, result_row
 
 MAX_CELLS = 38
 
 
-def grid_configs(cfg: ExperimentConfig, methods: list[str] | None = None, rates: list[float] | None = None,
-                 seeds: list[int] | None = None) -> list[ExperimentConfig]:
-    """The base config varied over every (method, missing rate, seed); each cell is validated."""
-    base = cfg.model_dump(mode="json")
-    cells = []
-    for method in methods or [cfg.method.name]:
-        for rate in rates if rates is not None else [cfg.missing.rate]:
-            for seed in seeds or [cfg.seed]:
-                data = json.loads(json.dumps(base))
-                if method != cfg.method.name:
-                    data["method"] = {"name": method, "params": {}}
-                data["missing"]["rate"] = rate
-                data["seed"] = seed
-                cells.append(parse_config(data, source=f"benchmark cell method={method} rate={rate} seed={seed}"))
+def benchmark_cells(cfg: ExperimentConfig, methods: list[str] | None = None, rates: list[float] | None = None,
+                    seeds: list[int] | None = None) -> list[ExperimentConfig]:
+    """The base config varied over every (method, missing rate, seed), checked to fit one run."""
+    cells = grid_configs(cfg.model_dump(mode="json"), methods, rates, seeds, source="benchmark cell")
+    for cell in cells:
+        resolve(cell)
     if len(cells) > MAX_CELLS:
         raise ConfigError(f"benchmark grid has {len(cells)} cells; at most {MAX_CELLS} fit in one run "
                           "(split the methods, rates or seeds over several runs)")
@@ -52,17 +45,19 @@ def fresh_config(cfg: ExperimentConfig, run_key: str) -> ExperimentConfig:
     data = cfg.model_dump(mode="json")
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in run_key).strip("-.") or "run"
     data["storage"]["root"] = f"{data['storage']['root'].rstrip('/')}/benchmarks/{safe[:80]}"
-    return parse_config(data, source="benchmark cell")
+    cell = parse_config(data, source="benchmark cell")
+    resolve(cell)
+    return cell
 
 
 def run_cell_task(config_json: str, result_path: str, run_key: str = "") -> dict[str, Any]:
     """Run (or resume) one experiment to the end; with ``run_key``, under that benchmark run's prefix."""
-    from mmfl.engine.local import run_experiment
+    from mmfl.engine.loop import run_experiment
 
     cfg = load_cfg(config_json)
     if run_key:
         cfg = fresh_config(cfg, run_key)
-    result = run_experiment(cfg, progress=False)
+    result = run_experiment(cfg)
     return write_manifest(result_path, {"experiment_id": result.experiment_id, "run_id": result.run_id or "",
                                         "rounds": result.rounds_done,
                                         "config": json.dumps(cfg.model_dump(mode="json"), sort_keys=True)})
@@ -79,8 +74,7 @@ def collect_rows(configs: list[ExperimentConfig]) -> tuple[list[dict[str, Any]],
         state, metrics = load_round(store, exp_id, last)
         final = metrics.get("eval") or {}
         patterns = patterns or eval_patterns(DataSpec.from_json(state.meta["data_spec"]).names, cfg.eval.patterns)
-        rows.append({"method": cfg.method.name, "train": training_setting(cfg.missing.model_dump()),
-                     "rate": cfg.missing.rate, "seed": cfg.seed, "round": last, "results": final})
+        rows.append({**result_row(cfg, last, final), "rate": cfg.missing.rate})
     return rows, patterns
 
 

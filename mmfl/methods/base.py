@@ -2,13 +2,25 @@
 
 A method is a stateless object; all state lives in ``RoundState`` (server) and in the
 ``ClientUpdate`` a client returns, so the same method code runs in one process or across pods.
+
+Every hook an engine may call is declared here:
+
+- ``local_data`` -> per-sample tensors the local loop batches (inputs, presence, labels, extras)
+- ``batch_loss`` -> the loss of one batch (and scalar metrics to average)
+- ``penalty`` -> a term on the parameters themselves (FedProx); the per-client loop and the
+  vectorized engine both add it, so it is written once
+- ``local_step`` -> one optimiser step on a batch (MAML-style methods override it)
+- ``local_epochs`` / ``make_optimizer`` -> the local budget and optimiser
+- ``train_local`` / ``run_local`` -> THE local loop (seeded by (seed, round, client)); methods do not copy it
+- ``vectorizable`` -> an ordinary class attribute, inherited like any other: True when the
+  vectorized engine reproduces ``train_local`` (cross-entropy + ``penalty``, SGD)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
-from typing import Any, ClassVar
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -18,9 +30,9 @@ from torch.nn import functional as F
 
 from mmfl.aggregation import weighted_mean
 from mmfl.config import ExperimentConfig
-from mmfl.data.types import DataSpec, MultimodalDataset
-from mmfl.engine.state import ClientUpdate, RoundState
+from mmfl.data.dataset import DataSpec, MultimodalDataset
 from mmfl.models import MissingStrategy, MultimodalNet
+from mmfl.state import ClientUpdate, RoundState
 
 
 class NoParams(BaseModel):
@@ -32,99 +44,202 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
+class FeatureCacheLike(Protocol):
+    def get_or_compute(self, backbone_id: str, dataset_id: str, compute: Any) -> dict[str, torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What the engine hands to methods, so that methods open nothing themselves.
+
+    ``store``: the artifact store for ``store://`` backbone weights (None: plain local paths only);
+    ``caches``: frozen-feature caches by mode (``store``, ``memory``; ``off`` has none).
+    """
+
+    store: Any = None
+    caches: dict[str, FeatureCacheLike] = field(default_factory=dict)
+
+    def feature_cache(self, mode: str) -> FeatureCacheLike | None:
+        return self.caches.get(mode)
+
+
+NO_RESOURCES = Resources()
+
+
+def params_of(cfg: ExperimentConfig) -> Any:
+    """The validated params that ``mmfl.methods.resolve`` found for ``cfg`` (engines resolve first)."""
+    found = cfg.method.resolution
+    if found is None:
+        raise RuntimeError("method params of this config are not resolved: call mmfl.methods.resolve(cfg) first")
+    return found.params
+
+
 @dataclass
 class Context:
-    """What a step knows besides the state: config, validated method params, round, client."""
+    """What a step knows besides the state: config, resolved method params, round, client, resources."""
 
     cfg: ExperimentConfig
     spec: DataSpec
     round: int
     client_id: int = -1
     device: str = "cpu"
+    resources: Resources = NO_RESOURCES
 
-    @cached_property
+    @property
     def params(self) -> Any:
-        return get_params(self.cfg)
+        """The method's validated params, resolved once per experiment config."""
+        return params_of(self.cfg)
 
     def seed(self, *extra: int) -> int:
         return derive_seed(self.cfg.seed, self.round, self.client_id, *extra)
 
 
-def get_params(cfg: ExperimentConfig) -> BaseModel:
-    from mmfl.methods import get_method
+@dataclass
+class LocalData:
+    """Per-sample tensors of a client's shard as the local loop sees them (first dimension: samples)."""
 
-    return get_method(cfg.method.name).Params.model_validate(cfg.method.params)
+    inputs: dict[str, torch.Tensor]
+    present: torch.Tensor
+    labels: torch.Tensor
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    aux: dict[str, Any] = field(default_factory=dict)  # per-client, not per-sample (e.g. a step plan)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def take(self, idx: torch.Tensor, device: str | torch.device, epoch: int = 0, step: int = 0) -> Batch:
+        return Batch({k: v[idx].to(device) for k, v in self.inputs.items()}, self.present[idx].to(device),
+                     self.labels[idx].to(device), {k: v[idx].to(device) for k, v in self.extra.items()}, idx, epoch, step,
+                     self.aux)
 
 
-def iterate_batches(n: int, batch_size: int, generator: torch.Generator):
+@dataclass
+class Batch:
+    """One mini-batch: rows ``index`` of the client's ``LocalData``; ``step`` counts the client's steps."""
+
+    inputs: dict[str, torch.Tensor]
+    present: torch.Tensor
+    labels: torch.Tensor
+    extra: dict[str, torch.Tensor]
+    index: torch.Tensor
+    epoch: int = 0
+    step: int = 0
+    aux: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def iterate_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
     perm = torch.randperm(n, generator=generator)
     for start in range(0, n, batch_size):
         yield perm[start : start + batch_size]
 
 
-class Method:
-    """Defaults implement FedAvg with the explicit missing-modality path of ``MultimodalNet``."""
+LossResult = torch.Tensor | tuple[torch.Tensor, Mapping[str, float]]
 
-    name: ClassVar[str] = "base"
+
+class Method:
+    """Defaults implement FedAvg with the explicit missing-modality path of ``MultimodalNet``.
+
+    ``name`` is set by the registry (``mmfl/methods/registry.py``), where each name is written once.
+    """
+
+    name: str = "base"
     Params: ClassVar[type[BaseModel]] = NoParams
     missing_strategy: ClassVar[MissingStrategy] = "mask"
     uses_prototypes: ClassVar[bool] = False
     uses_schedule: ClassVar[bool] = False
-    vectorizable: ClassVar[bool] = False  # a class sets True itself when engine/vectorized.py reproduces its local training
+    vectorizable: ClassVar[bool] = False
+    summed_metrics: ClassVar[tuple[str, ...]] = ()  # scalars of batch_loss summed over steps (others: averaged)
 
     # ---- model and state -------------------------------------------------------------------
-    def build_model(self, spec: DataSpec, cfg: ExperimentConfig) -> nn.Module:
+    def build_model(self, spec: DataSpec, cfg: ExperimentConfig, resources: Resources = NO_RESOURCES) -> nn.Module:
         return MultimodalNet(spec, cfg.model, self.missing_strategy)
 
-    def init_state(self, spec: DataSpec, cfg: ExperimentConfig) -> RoundState:
+    def init_state(self, spec: DataSpec, cfg: ExperimentConfig, resources: Resources = NO_RESOURCES) -> RoundState:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(cfg.seed, 0xC0FFEE))
-            model = self.build_model(spec, cfg)
+            model = self.build_model(spec, cfg, resources)
         tensors = {f"model/{k}": v.detach().clone() for k, v in model.state_dict().items()}
         return RoundState(0, tensors, {"method": self.name, "data_spec": spec.to_json()})
 
-    def load_model(self, weights: dict[str, torch.Tensor], ctx: Context) -> nn.Module:
-        model = self.build_model(ctx.spec, ctx.cfg)
-        model.load_state_dict(weights)
+    def load_model(self, weights: Mapping[str, torch.Tensor], ctx: Context) -> nn.Module:
+        model = self.build_model(ctx.spec, ctx.cfg, ctx.resources)
+        model.load_state_dict(dict(weights))
         return model.to(ctx.device)
 
     # ---- client side -------------------------------------------------------------------------
     def client_update(self, state: RoundState, shard: MultimodalDataset, ctx: Context) -> ClientUpdate:
-        global_weights = state.model_weights()
-        model = self.load_model(global_weights, ctx)
+        model = self.load_model(state.model_weights(), ctx)
         metrics = self.train_local(model, shard, ctx, state)
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         return ClientUpdate(ctx.client_id, len(shard), {f"model/{k}": v for k, v in weights.items()}, metrics)
 
-    def local_loss(
-        self, model: nn.Module, inputs: dict[str, torch.Tensor], present: torch.Tensor, labels: torch.Tensor,
-        state: RoundState, ctx: Context,
-    ) -> torch.Tensor:
-        return F.cross_entropy(model(inputs, present), labels)
+    def local_data(self, model: nn.Module, shard: MultimodalDataset, state: RoundState, ctx: Context) -> LocalData:
+        """What the local loop batches; feature methods add cached frozen features to ``extra``."""
+        return LocalData(dict(shard.inputs), shard.present, shard.labels)
+
+    def local_epochs(self, ctx: Context) -> int:
+        return ctx.cfg.train.local_epochs
+
+    def batch_loss(self, model: nn.Module, batch: Batch, state: RoundState, ctx: Context) -> LossResult:
+        """The task loss of one batch; may return ``(loss, {name: scalar})`` to average per step."""
+        return F.cross_entropy(model(batch.inputs, batch.present), batch.labels)
+
+    def penalty(self, params: Mapping[str, torch.Tensor], anchor: Mapping[str, torch.Tensor], ctx: Context) -> torch.Tensor | None:
+        """A term on the trainable parameters (``anchor``: the round's global model), or None.
+
+        Called with the model's named parameters by the loop and with functional (stacked)
+        parameters by the vectorized engine.
+        """
+        return None
 
     def make_optimizer(self, model: nn.Module, ctx: Context) -> torch.optim.Optimizer:
         t = ctx.cfg.train
-        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+    def local_step(self, model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer, state: RoundState,
+                   ctx: Context, anchor: Mapping[str, torch.Tensor]) -> tuple[float, Mapping[str, float]] | None:
+        """One optimiser step on ``batch``: (loss, scalars), or None to skip the batch."""
+        out = self.batch_loss(model, batch, state, ctx)
+        loss, extra = (out, {}) if isinstance(out, torch.Tensor) else out
+        pen = self.penalty(dict(model.named_parameters()), anchor, ctx)
+        if pen is not None:
+            loss = loss + pen
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()  # parameters without a gradient (frozen parts) are left untouched
+        return float(loss.detach()), extra
 
     def train_local(self, model: nn.Module, shard: MultimodalDataset, ctx: Context, state: RoundState) -> dict[str, float]:
-        """Plain local SGD over ``local_epochs``; all randomness seeded by (seed, round, client)."""
-        t = ctx.cfg.train
+        """Local training on a shard: ``run_local`` over ``local_data``."""
+        return self.run_local(model, self.local_data(model, shard, state, ctx), ctx, state)
+
+    def run_local(self, model: nn.Module, data: LocalData, ctx: Context, state: RoundState) -> dict[str, float]:
+        """The local loop: ``local_epochs`` over shuffled mini-batches; all randomness seeded by (seed, round, client)."""
         opt = self.make_optimizer(model, ctx)
+        anchor = {k: v.to(ctx.device) for k, v in state.model_weights().items()}
         gen = torch.Generator().manual_seed(ctx.seed())
-        total, steps = 0.0, 0
+        sums: dict[str, float] = {"train_loss": 0.0}
+        steps = 0
         model.train()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(ctx.seed(1))
-            for _ in range(t.local_epochs):
-                for idx in iterate_batches(len(shard), t.batch_size, gen):
-                    inputs = {k: v[idx].to(ctx.device) for k, v in shard.inputs.items()}
-                    loss = self.local_loss(model, inputs, shard.present[idx].to(ctx.device), shard.labels[idx].to(ctx.device), state, ctx)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach())
+            for epoch in range(self.local_epochs(ctx)):
+                for idx in iterate_batches(len(data), ctx.cfg.train.batch_size, gen):
+                    done = self.local_step(model, data.take(idx, ctx.device, epoch, steps), opt, state, ctx, anchor)
+                    if done is None:
+                        continue
+                    loss, extra = done
+                    sums["train_loss"] += loss
+                    for k, v in extra.items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
                     steps += 1
-        return {"train_loss": total / max(steps, 1), "local_steps": float(steps)}
+        out = {k: v if k in self.summed_metrics else v / max(steps, 1) for k, v in sums.items()}
+        out["local_steps"] = float(steps)
+        return out
 
     def client_prototypes(
         self, state: RoundState, update: ClientUpdate, shard: MultimodalDataset, ctx: Context

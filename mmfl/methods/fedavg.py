@@ -4,8 +4,5 @@ from mmfl.methods.base import Method
 
 
 class FedAvg(Method):
-    name = "fedavg"
     vectorizable = True
 
-
-METHOD = FedAvg()

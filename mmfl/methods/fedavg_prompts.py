@@ -9,8 +9,5 @@ from mmfl.methods.fedprime import FedPrime
 
 
 class FedAvgPrompts(FedPrime):
-    name = "fedavg_prompts"
     pools = False
 
-
-METHOD = FedAvgPrompts()

@@ -26,14 +26,14 @@ from torch.nn import functional as F
 from mmfl.aggregation import weighted_mean
 from mmfl.aggregation.cka import cka_weights
 from mmfl.config import ExperimentConfig
-from mmfl.data.types import DataSpec, MultimodalDataset
-from mmfl.engine.state import ClientUpdate, RoundState
+from mmfl.data.dataset import DataSpec, MultimodalDataset
+from mmfl.state import ClientUpdate, RoundState
 from mmfl.errors import ConfigError
-from mmfl.methods.base import Context, Method, derive_seed, get_params
-from mmfl.methods.frozen_common import make_optimizer, record_communication, tensor_bytes, train_on_features
-from mmfl.models.backbones import BackboneConfig, store_for
+from mmfl.methods.base import NO_RESOURCES, Batch, Context, LocalData, Resources, derive_seed, params_of
+from mmfl.methods.frozen_training import FrozenBackboneMethod
+from mmfl.models.backbones import BackboneConfig
 from mmfl.models.completion import CaptionCompletion, check_completion
-from mmfl.models.feature_cache import cached_features, shared_cache
+from mmfl.models.feature_cache import cached_features
 from mmfl.models.frozen_encoders import FrozenEncoders
 from mmfl.models.joint import JointModel, mcm_loss, ram_loss
 
@@ -56,31 +56,29 @@ class FedMVPParams(BaseModel):
     feature_cache: Literal["store", "memory", "off"] = "store"
 
 
-class FedMVP(Method):
-    name = "fedmvp"
+class FedMVP(FrozenBackboneMethod):
     Params = FedMVPParams
 
-    def encoders(self, spec: DataSpec, cfg: ExperimentConfig) -> FrozenEncoders:
-        backbone = get_params(cfg).backbone
-        return FrozenEncoders(spec, backbone, store_for(backbone, cfg.storage))
+    def encoders(self, spec: DataSpec, cfg: ExperimentConfig, resources: Resources = NO_RESOURCES) -> FrozenEncoders:
+        return FrozenEncoders(spec, params_of(cfg).backbone, resources.store)
 
-    def build_model(self, spec: DataSpec, cfg: ExperimentConfig) -> nn.Module:
-        p = get_params(cfg)
+    def build_model(self, spec: DataSpec, cfg: ExperimentConfig, resources: Resources = NO_RESOURCES) -> nn.Module:
+        p = params_of(cfg)
         check_completion(p.completion, p.caption_model)
         if p.joint_dim % p.joint_heads:
             raise ConfigError(f"method.params.joint_dim = {p.joint_dim}: must be divisible by joint_heads = {p.joint_heads}")
-        dims = self.encoders(spec, cfg).feature_dims()
+        dims = self.encoders(spec, cfg, resources).feature_dims()
         return JointModel(spec.names, dims, spec.num_classes, p.joint_dim, p.joint_layers, p.joint_heads)
 
-    def init_state(self, spec: DataSpec, cfg: ExperimentConfig) -> RoundState:
-        state = super().init_state(spec, cfg)
+    def init_state(self, spec: DataSpec, cfg: ExperimentConfig, resources: Resources = NO_RESOURCES) -> RoundState:
+        state = super().init_state(spec, cfg, resources)
         state.meta["communication"] = []
         return state
 
     # ---- frozen features (+ completion), cached ------------------------------------------
     def prepared(self, inputs: dict[str, torch.Tensor], present: torch.Tensor, ctx: Context):
         p = ctx.params
-        cache = shared_cache(p.feature_cache, ctx.cfg.storage)
+        cache = ctx.resources.feature_cache(p.feature_cache)
         if p.completion == "caption":
             from mmfl.data.image_text import load_tokenizer
 
@@ -88,37 +86,34 @@ class FedMVP(Method):
             out = cached_features(cache, gen.identity(), inputs, present, gen.generate)
             inputs = {**inputs, gen.text: out["ids"]}
             present = out["present"].bool()
-        enc = self.encoders(ctx.spec, ctx.cfg)
+        enc = self.encoders(ctx.spec, ctx.cfg, ctx.resources)
         return cached_features(cache, enc.identity(), inputs, present, enc), present
 
     # ---- client side -------------------------------------------------------------------------
-    def client_update(self, state: RoundState, shard: MultimodalDataset, ctx: Context) -> ClientUpdate:
-        p = ctx.params
-        model = self.load_model(state.model_weights(), ctx)
+    def local_data(self, model: nn.Module, shard: MultimodalDataset, state: RoundState, ctx: Context) -> LocalData:
         feats, present = self.prepared(shard.inputs, shard.present, ctx)
-        data = {**feats, "labels": shard.labels, "present": present}
+        return LocalData({}, present, shard.labels, dict(feats))
 
-        def step_loss(batch):
-            pres = batch["present"]
-            z = model.tokens(batch)
-            h = model.joint(model.completed(z, pres))
-            ce = F.cross_entropy(model.head(h), batch["labels"])
-            mcm, ram, comp = mcm_loss(z, pres, p.temperature), ram_loss(h, z, pres, p.temperature), model.completion_loss(z, pres)
-            loss = ce + p.mcm_weight * mcm + p.ram_weight * ram + p.completion_weight * comp
-            return loss, {"ce": float(ce.detach()), "mcm": float(mcm.detach()), "ram": float(ram.detach()),
-                          "completion": float(comp.detach())}
+    def batch_loss(self, model: nn.Module, batch: Batch, state: RoundState, ctx: Context):
+        p, pres = ctx.params, batch.present
+        z = model.tokens(batch.extra)
+        h = model.joint(model.completed(z, pres))
+        ce = F.cross_entropy(model.head(h), batch.labels)
+        mcm, ram, comp = mcm_loss(z, pres, p.temperature), ram_loss(h, z, pres, p.temperature), model.completion_loss(z, pres)
+        loss = ce + p.mcm_weight * mcm + p.ram_weight * ram + p.completion_weight * comp
+        return loss, {"ce": float(ce.detach()), "mcm": float(mcm.detach()), "ram": float(ram.detach()),
+                      "completion": float(comp.detach())}
 
-        metrics = train_on_features(model, data, ctx, make_optimizer(model.parameters(), p.optimizer, ctx), step_loss)
-        tensors = {f"model/{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        metrics["bytes_up"] = metrics["model_bytes"] = float(tensor_bytes(tensors))
-        return ClientUpdate(ctx.client_id, len(shard), tensors, metrics)
+    def client_update(self, state: RoundState, shard: MultimodalDataset, ctx: Context) -> ClientUpdate:
+        model = self.load_model(state.model_weights(), ctx)
+        return self.trained_update(model, len(shard), self.train_local(model, shard, ctx, state), ctx)
 
     # ---- server side -------------------------------------------------------------------------
     def synthetic_probe(self, ctx: Context) -> dict[str, torch.Tensor]:
         """Server-side synthetic data in each modality's frozen feature space: seeded Gaussian
         features (the offline stand-in for generated samples; every input passes a LayerNorm)."""
         g = torch.Generator().manual_seed(derive_seed(ctx.cfg.seed, ctx.round, 0x5C4A))
-        dims = self.encoders(ctx.spec, ctx.cfg).feature_dims()
+        dims = self.encoders(ctx.spec, ctx.cfg, ctx.resources).feature_dims()
         return {f"f/{n}": torch.randn(ctx.params.synthetic_samples, dims[n], generator=g) for n in ctx.spec.names}
 
     @torch.no_grad()
@@ -137,12 +132,10 @@ class FedMVP(Method):
         w = cka_weights(self.representations(weights, ctx), sizes, ctx.params.cka_temperature)
         new = weighted_mean(weights, w.tolist())
         meta = dict(state.meta)
-        out = RoundState(state.round + 1, state.with_model(new), meta)
         meta["cka_weights"] = list(meta.get("cka_weights", [])) + [
-            {"round": out.round, "clients": [u.client_id for u in updates], "weights": [float(x) for x in w]}
+            {"round": state.round + 1, "clients": [u.client_id for u in updates], "weights": [float(x) for x in w]}
         ]
-        record_communication(self.name, out, updates)
-        return out
+        return self.next_state(state, state.with_model(new), meta, updates)
 
     @torch.no_grad()
     def predict(self, model: nn.Module, state: RoundState, inputs, present, ctx: Context) -> torch.Tensor:
@@ -150,5 +143,3 @@ class FedMVP(Method):
         feats, present = self.prepared(inputs, present, ctx)
         return model(feats, present.to(ctx.device))
 
-
-METHOD = FedMVP()

@@ -27,13 +27,13 @@ from torch.nn import functional as F
 from mmfl.aggregation import weighted_mean
 from mmfl.aggregation.alignment import align_and_aggregate
 from mmfl.config import ExperimentConfig
-from mmfl.data.types import DataSpec, MultimodalDataset
-from mmfl.engine.state import ClientUpdate, RoundState
+from mmfl.data.dataset import DataSpec, MultimodalDataset
+from mmfl.state import ClientUpdate, RoundState
 from mmfl.errors import ConfigError
-from mmfl.methods.base import Context, Method, derive_seed, get_params
-from mmfl.methods.frozen_common import image_text_roles, make_optimizer, record_communication, tensor_bytes, train_on_features
-from mmfl.models.backbones import BackboneConfig, store_for
-from mmfl.models.feature_cache import cached_features, shared_cache
+from mmfl.methods.base import NO_RESOURCES, Batch, Context, LocalData, Resources, derive_seed, params_of
+from mmfl.methods.frozen_training import FrozenBackboneMethod, image_text_roles
+from mmfl.models.backbones import BackboneConfig
+from mmfl.models.feature_cache import cached_features
 from mmfl.models.prompted_vilt import PromptedVilt
 
 INTER = ("inter_prompts", "inter_keys")
@@ -54,20 +54,19 @@ class FedPrimeParams(BaseModel):
     feature_cache: Literal["store", "memory", "off"] = Field("store", description="Where frozen features are cached")
 
 
-class FedPrime(Method):
-    name = "fedprime"
+class FedPrime(FrozenBackboneMethod):
     Params = FedPrimeParams
     pools = True  # the FedAvg-prompts baseline sets False: one fixed prompt set, averaged
 
     # ---- model and state -------------------------------------------------------------------
-    def build_model(self, spec: DataSpec, cfg: ExperimentConfig) -> nn.Module:
-        p = get_params(cfg)
+    def build_model(self, spec: DataSpec, cfg: ExperimentConfig, resources: Resources = NO_RESOURCES) -> nn.Module:
+        p = params_of(cfg)
         if p.top_k > p.pool_size:
             raise ConfigError(f"method.params.top_k = {p.top_k}: must not exceed pool_size = {p.pool_size}")
         image, text = image_text_roles(spec, cfg.method.name)
         text_shape = next(m.shape for m in spec.modalities if m.name == text)
         return PromptedVilt(spec.num_classes, image, text, text_shape, p.backbone, p.pool_size, p.top_k,
-                            p.prompt_length, pools=self.pools, store=store_for(p.backbone, cfg.storage))
+                            p.prompt_length, pools=self.pools, store=resources.store)
 
     def num_clusters(self, p: FedPrimeParams) -> int:
         q = p.num_clusters or p.pool_size
@@ -75,14 +74,14 @@ class FedPrime(Method):
             raise ConfigError(f"method.params.num_clusters = {q}: must be >= pool_size = {p.pool_size}")
         return q
 
-    def init_state(self, spec: DataSpec, cfg: ExperimentConfig) -> RoundState:
+    def init_state(self, spec: DataSpec, cfg: ExperimentConfig, resources: Resources = NO_RESOURCES) -> RoundState:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(cfg.seed, 0xC0FFEE))
-            model = self.build_model(spec, cfg)
+            model = self.build_model(spec, cfg, resources)
         tensors = {f"model/{k}": v.detach().clone() for k, v in model.state_dict().items()}
         meta = {"method": self.name, "data_spec": spec.to_json(), "communication": []}
         if self.pools:
-            p = get_params(cfg)
+            p = params_of(cfg)
             q = self.num_clusters(p)
             g = torch.Generator().manual_seed(derive_seed(cfg.seed, 0xC1A5))
             prompts, keys = model.inter_prompts.detach(), model.inter_keys.detach()
@@ -95,32 +94,30 @@ class FedPrime(Method):
 
     # ---- frozen features -------------------------------------------------------------------
     def features(self, model: PromptedVilt, inputs: dict[str, torch.Tensor], present: torch.Tensor, ctx: Context):
-        cache = shared_cache(ctx.params.feature_cache, ctx.cfg.storage)
+        cache = ctx.resources.feature_cache(ctx.params.feature_cache)
         backbone_id = model.backbone_cfg.identity("vilt") + f"-{model.image_name}-{model.text_name}"
         return cached_features(cache, backbone_id, inputs, present, model.frozen_features)
 
     # ---- client side -------------------------------------------------------------------------
-    def client_update(self, state: RoundState, shard: MultimodalDataset, ctx: Context) -> ClientUpdate:
-        p = ctx.params
-        model = self.load_model(state.model_weights(), ctx)
+    def local_data(self, model: nn.Module, shard: MultimodalDataset, state: RoundState, ctx: Context) -> LocalData:
         feats = dict(self.features(model, shard.inputs, shard.present, ctx))
-        feats["labels"] = shard.labels
-        usage = torch.zeros(model.inter_prompts.shape[0])
+        return LocalData({}, shard.present, shard.labels, feats, aux={"usage": torch.zeros(model.inter_prompts.shape[0])})
 
-        def step_loss(batch):
-            logits, reg, used = model.forward_cached(batch["embeds"], batch["mask"], batch["query"])
-            if used is not None:
-                usage.add_(torch.bincount(used.flatten().cpu(), minlength=usage.numel()).float())
-            ce = F.cross_entropy(logits, batch["labels"])
-            return ce + p.reg_weight * reg, {"ce": float(ce.detach()), "retrieval_reg": float(reg.detach())}
+    def batch_loss(self, model: nn.Module, batch: Batch, state: RoundState, ctx: Context):
+        f = batch.extra
+        logits, reg, used = model.forward_cached(f["embeds"], f["mask"], f["query"])
+        if used is not None:
+            usage = batch.aux["usage"]
+            usage.add_(torch.bincount(used.flatten().cpu(), minlength=usage.numel()).float())
+        ce = F.cross_entropy(logits, batch.labels)
+        return ce + ctx.params.reg_weight * reg, {"ce": float(ce.detach()), "retrieval_reg": float(reg.detach())}
 
-        metrics = train_on_features(model, feats, ctx, make_optimizer(model.parameters(), p.optimizer, ctx), step_loss)
-        tensors = {f"model/{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        metrics["model_bytes"] = float(tensor_bytes(tensors))
-        if self.pools:
-            tensors["aux/inter_usage"] = usage
-        metrics["bytes_up"] = float(tensor_bytes(tensors))
-        return ClientUpdate(ctx.client_id, len(shard), tensors, metrics)
+    def client_update(self, state: RoundState, shard: MultimodalDataset, ctx: Context) -> ClientUpdate:
+        model = self.load_model(state.model_weights(), ctx)
+        data = self.local_data(model, shard, state, ctx)
+        metrics = self.run_local(model, data, ctx, state)
+        extra = {"aux/inter_usage": data.aux["usage"]} if self.pools else None
+        return self.trained_update(model, len(shard), metrics, ctx, extra)
 
     # ---- server side -------------------------------------------------------------------------
     def aggregate(self, state: RoundState, updates: list[ClientUpdate], ctx: Context) -> RoundState:
@@ -155,10 +152,8 @@ class FedPrime(Method):
             new_model["inter_keys"] = tensors["server/inter_keys"][slots].clone()
             meta["inter_slots"] = slots
             meta["last_assignment"] = {str(u.client_id): a.tolist() for u, a in zip(updates, res.assignments)}
-        out = RoundState(state.round + 1, {**{k: v for k, v in tensors.items() if not k.startswith("model/")},
-                                           **{f"model/{k}": v for k, v in new_model.items()}}, meta)
-        record_communication(self.name, out, updates)
-        return out
+        return self.next_state(state, {**{k: v for k, v in tensors.items() if not k.startswith("model/")},
+                                       **{f"model/{k}": v for k, v in new_model.items()}}, meta, updates)
 
     # ---- inference ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -167,5 +162,3 @@ class FedPrime(Method):
         feats = self.features(model, inputs, present, ctx)
         return model.forward_cached(feats["embeds"], feats["mask"], feats["query"])[0]
 
-
-METHOD = FedPrime()

@@ -28,9 +28,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from mmfl.config import ExperimentConfig
-from mmfl.data.types import DataSpec, MultimodalDataset
-from mmfl.engine.state import ClientUpdate, RoundState
-from mmfl.methods.base import Context, Method, derive_seed, iterate_batches
+from mmfl.data.dataset import DataSpec, MultimodalDataset
+from mmfl.state import ClientUpdate, RoundState
+from mmfl.methods.base import NO_RESOURCES, Batch, Context, LocalData, Method, Resources, derive_seed
 from mmfl.methods.prototypes import aggregate_prototypes, compute_prototypes, empty_prototypes, proto_keys
 from mmfl.scheduling import (
     DDPGAgent, DDPGConfig, allocate_frequencies, encoder_quality, modality_combinations, normalized_importance,
@@ -116,14 +116,14 @@ def partial_logits(model: nn.Module, inputs: dict[str, torch.Tensor], present: t
 
 
 class FlexMod(Method):
-    name = "flexmod"
     Params = FlexModParams
     uses_prototypes = True
     uses_schedule = True
+    summed_metrics = ("encoder_updates",)
 
     # ---- state ----------------------------------------------------------------------------
-    def init_state(self, spec: DataSpec, cfg: ExperimentConfig) -> RoundState:
-        state = super().init_state(spec, cfg)
+    def init_state(self, spec: DataSpec, cfg: ExperimentConfig, resources: Resources = NO_RESOURCES) -> RoundState:
+        state = super().init_state(spec, cfg, resources)
         p: FlexModParams = self.Params.model_validate(cfg.method.params)
         m = len(spec.names)
         check_feasible(m, p.budget, p.min_frequency)
@@ -150,7 +150,7 @@ class FlexMod(Method):
         if p.val_fraction == 0:
             train = val = shard
         values = subset_accuracies(model, val, ctx.spec.names)
-        metrics = self.train_scheduled(model, train, ctx, state.tensors[ALLOC].numpy())
+        metrics = self.train_local(model, train, ctx, state)
         full_key = coalition_key(frozenset(range(len(ctx.spec.names))), len(ctx.spec.names))
         metrics["val_acc"] = subset_accuracies(model, val, ctx.spec.names)[full_key]
         metrics.update({f"value/{k}": v for k, v in values.items()})
@@ -158,31 +158,18 @@ class FlexMod(Method):
         return ClientUpdate(ctx.client_id, len(train), {f"model/{k}": v for k, v in weights.items()}, metrics,
                             {"val_samples": len(val)})
 
-    def train_scheduled(self, model: nn.Module, shard: MultimodalDataset, ctx: Context, alloc: np.ndarray) -> dict[str, float]:
-        """Local SGD where step t updates the encoders of combination plan[t] (largest combinations first)."""
+    def local_data(self, model: nn.Module, shard: MultimodalDataset, state: RoundState, ctx: Context) -> LocalData:
+        """The shard plus the step plan: step t updates the encoders of combination plan[t] (largest first)."""
         t = ctx.cfg.train
-        combos = modality_combinations(len(ctx.spec.names))
-        batches_per_epoch = -(-len(shard) // t.batch_size)
-        plan = step_plan(alloc, t.local_epochs * batches_per_epoch)
-        opt = self.make_optimizer(model, ctx)
-        gen = torch.Generator().manual_seed(ctx.seed())
-        total, steps, enc_updates = 0.0, 0, 0
-        model.train()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(ctx.seed(1))
-            for _ in range(t.local_epochs):
-                for idx in iterate_batches(len(shard), t.batch_size, gen):
-                    combo = combos[plan[steps]]
-                    inputs = {k: v[idx].to(ctx.device) for k, v in shard.inputs.items()}
-                    logits = partial_logits(model, inputs, shard.present[idx].to(ctx.device), combo)
-                    loss = F.cross_entropy(logits, shard.labels[idx].to(ctx.device))
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()  # parameters without a gradient (frozen encoders) are left untouched
-                    total += float(loss.detach())
-                    steps += 1
-                    enc_updates += len(combo)
-        return {"train_loss": total / max(steps, 1), "local_steps": float(steps), "encoder_updates": float(enc_updates)}
+        steps = self.local_epochs(ctx) * -(-len(shard) // t.batch_size)
+        plan = step_plan(state.tensors[ALLOC].numpy(), steps)
+        return LocalData(dict(shard.inputs), shard.present, shard.labels,
+                         aux={"plan": plan, "combos": modality_combinations(len(ctx.spec.names))})
+
+    def batch_loss(self, model: nn.Module, batch: Batch, state: RoundState, ctx: Context):
+        combo = batch.aux["combos"][batch.aux["plan"][batch.step]]
+        logits = partial_logits(model, batch.inputs, batch.present, combo)
+        return F.cross_entropy(logits, batch.labels), {"encoder_updates": float(len(combo))}
 
     def client_prototypes(self, state: RoundState, update: ClientUpdate, shard: MultimodalDataset, ctx: Context):
         model = self.load_model(update.model_weights(), ctx)
@@ -249,6 +236,4 @@ class FlexMod(Method):
         return RoundState(state.round, tensors, {**state.meta, "flexmod": fm})
 
 
-__all__ = ["FlexMod", "FlexModParams", "METHOD", "combination_weights"]
-
-METHOD = FlexMod()
+__all__ = ["FlexMod", "FlexModParams", "combination_weights"]

@@ -19,9 +19,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from mmfl.config import ExperimentConfig
-from mmfl.data.types import DataSpec, MultimodalDataset
-from mmfl.engine.state import ClientUpdate, RoundState
-from mmfl.methods.base import Context, Method
+from mmfl.data.dataset import DataSpec, MultimodalDataset
+from mmfl.state import ClientUpdate, RoundState
+from mmfl.methods.base import NO_RESOURCES, Batch, Context, Method, Resources
 from mmfl.methods.pmcmfl_losses import prototype_contrastive_loss, task_calibrated_loss
 from mmfl.methods.prototypes import (
     FUSED, aggregate_prototypes, compute_prototypes, empty_prototypes, library, proto_keys,
@@ -82,19 +82,19 @@ def match_scores(emb: torch.Tensor, present: torch.Tensor, protos: torch.Tensor,
 
 
 class PmcmFL(Method):
-    name = "pmcmfl"
     Params = PmcmFLParams
     uses_prototypes = True
 
     # ---- state ----------------------------------------------------------------------------
-    def init_state(self, spec: DataSpec, cfg: ExperimentConfig) -> RoundState:
-        state = super().init_state(spec, cfg)
+    def init_state(self, spec: DataSpec, cfg: ExperimentConfig, resources: Resources = NO_RESOURCES) -> RoundState:
+        state = super().init_state(spec, cfg, resources)
         state.tensors.update(empty_prototypes(proto_keys(spec.names), spec.num_classes, cfg.model.embed_dim))
         return state
 
     # ---- client ---------------------------------------------------------------------------
-    def local_loss(self, model: nn.Module, inputs, present, labels, state: RoundState, ctx: Context) -> torch.Tensor:
+    def batch_loss(self, model: nn.Module, batch: Batch, state: RoundState, ctx: Context) -> torch.Tensor:
         p = ctx.params
+        inputs, present, labels = batch.inputs, batch.present, batch.labels
         names = ctx.spec.names
         protos, avail = (t.to(present.device) for t in library(state.tensors, names))
         subs = label_masks(model, protos, avail, labels)
@@ -156,5 +156,3 @@ class PmcmFL(Method):
             subs = torch.einsum("bc,mcd->bmd", weights, protos)
         return model.head(model.fuse(model.substitute(emb, present, subs)))
 
-
-METHOD = PmcmFL()

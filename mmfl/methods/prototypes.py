@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mmfl.data.types import MultimodalDataset
+from mmfl.data.dataset import MultimodalDataset
 
 FUSED = "fused"
 

@@ -19,9 +19,9 @@ from torch import nn
 from torch.func import functional_call, grad
 from torch.nn import functional as F
 
-from mmfl.data.types import MultimodalDataset
-from mmfl.engine.state import RoundState
-from mmfl.methods.base import Context, Method, iterate_batches
+from mmfl.data.dataset import MultimodalDataset
+from mmfl.state import RoundState
+from mmfl.methods.base import Batch, Context, Method
 
 ParamDict = dict[str, torch.Tensor]
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]
@@ -79,39 +79,30 @@ def split_support_query(idx: torch.Tensor, fraction: float) -> tuple[torch.Tenso
 
 
 class ThreeFM(Method):
-    name = "threefm"
     Params = ThreeFMParams
 
     def make_optimizer(self, model: nn.Module, ctx: Context) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=ctx.params.outer_lr)
 
-    def train_local(self, model: nn.Module, shard: MultimodalDataset, ctx: Context, state: RoundState) -> dict[str, float]:
+    def local_epochs(self, ctx: Context) -> int:
+        return ctx.params.local_epochs
+
+    def local_step(self, model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer, state: RoundState,
+                   ctx: Context, anchor) -> tuple[float, dict[str, float]] | None:
+        """One meta-step: the batch splits into support and query; the outer optimiser takes the meta-gradient."""
+        if len(batch) < 2:
+            return None
         p: ThreeFMParams = ctx.params
-        opt = self.make_optimizer(model, ctx)
-        gen = torch.Generator().manual_seed(ctx.seed())
-        total, steps = 0.0, 0
-        model.train()
-
-        def take(ix: torch.Tensor) -> Batch:
-            return ({k: v[ix].to(ctx.device) for k, v in shard.inputs.items()}, shard.present[ix].to(ctx.device),
-                    shard.labels[ix].to(ctx.device))
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(ctx.seed(1))
-            for _ in range(p.local_epochs):
-                for idx in iterate_batches(len(shard), ctx.cfg.train.batch_size, gen):
-                    if idx.numel() < 2:
-                        continue
-                    sup, qry = split_support_query(idx, p.support_fraction)
-                    params = {n: t.detach() for n, t in model.named_parameters()}
-                    grads, loss = meta_gradient(model, params, take(sup), take(qry), p)
-                    for n, t in model.named_parameters():
-                        t.grad = grads[n].detach()
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                    total += float(loss)
-                    steps += 1
-        return {"train_loss": total / max(steps, 1), "local_steps": float(steps)}
+        k = split_support_query(torch.arange(len(batch)), p.support_fraction)[0].numel()
+        sup = ({n: v[:k] for n, v in batch.inputs.items()}, batch.present[:k], batch.labels[:k])
+        qry = ({n: v[k:] for n, v in batch.inputs.items()}, batch.present[k:], batch.labels[k:])
+        params = {n: t.detach() for n, t in model.named_parameters()}
+        grads, loss = meta_gradient(model, params, sup, qry, p)
+        for n, t in model.named_parameters():
+            t.grad = grads[n].detach()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss), {}
 
     @torch.no_grad()
     def predict(self, model: nn.Module, state: RoundState, inputs, present, ctx: Context) -> torch.Tensor:
@@ -119,5 +110,3 @@ class ThreeFM(Method):
         params = dict(model.named_parameters())
         return zero_branch_forward(model, params, inputs, present)
 
-
-METHOD = ThreeFM()

@@ -4,9 +4,6 @@ from mmfl.methods.base import Method
 
 
 class ZeroFill(Method):
-    name = "zerofill"
     vectorizable = True
     missing_strategy = "zero"
 
-
-METHOD = ZeroFill()

@@ -80,15 +80,6 @@ def resolve_pretrained(path: str | None, store=None, cache_dir: str | None = Non
     return path
 
 
-def store_for(backbone: BackboneConfig, storage) -> object | None:
-    """The experiment's artifact store when the backbone is read from it (``store://``), else None."""
-    if backbone.source != "pretrained" or not (backbone.path or "").startswith(STORE_SCHEME):
-        return None
-    from mmfl.io.store import open_store
-
-    return open_store(storage.kind, storage.root, storage.bucket, storage.endpoint, storage.secure)
-
-
 def _freeze(model: nn.Module) -> nn.Module:
     model.eval()
     for p in model.parameters():

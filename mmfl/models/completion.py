@@ -19,7 +19,7 @@ from functools import lru_cache
 
 import torch
 
-from mmfl.data.types import DataSpec
+from mmfl.data.dataset import DataSpec
 from mmfl.errors import ConfigError
 from mmfl.models.backbones import prepare_images
 

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from mmfl.data.types import ModalitySpec
+from mmfl.data.dataset import ModalitySpec
 
 
 class MLPEncoder(nn.Module):

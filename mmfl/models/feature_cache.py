@@ -23,7 +23,6 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from mmfl.engine.state import tensors_from_bytes, tensors_to_bytes
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ class FeatureCache:
             return self._memory[k]
         key = self.key(backbone_id, dataset_id)
         if self.store is not None and self.store.exists(key):
-            value = tensors_from_bytes(self.store.get_bytes(key), what=key)
+            value = self.store.get_tensors(key)
             if all(v.shape[0] == n for v in value.values()):
                 self._remember(k, value)
                 return value
@@ -89,31 +88,9 @@ class FeatureCache:
                 self.computed_rows += len(idx)
         value = {name: torch.cat([p[name] for p in parts]) for name in parts[0]} if parts else {}
         if self.store is not None:
-            self.store.put_bytes(key, tensors_to_bytes(value))
+            self.store.put_tensors(key, value)
         self._remember(k, value)
         return value
-
-
-_CACHES: dict[tuple[str, str], FeatureCache] = {}
-
-
-def shared_cache(mode: str, storage=None) -> FeatureCache | None:
-    """One cache per process and storage location; ``mode``: store, memory or off.
-
-    ``storage`` is a ``StorageConfig``; the store is opened lazily so the core stays I/O free
-    until a cache is actually asked for.
-    """
-    if mode == "off":
-        return None
-    where = "memory" if mode == "memory" or storage is None else f"{storage.kind}:{storage.bucket}:{storage.root}"
-    if (mode, where) not in _CACHES:
-        store = None
-        if mode == "store" and storage is not None:
-            from mmfl.io.store import open_store
-
-            store = open_store(storage.kind, storage.root, storage.bucket, storage.endpoint, storage.secure)
-        _CACHES[(mode, where)] = FeatureCache(store)
-    return _CACHES[(mode, where)]
 
 
 def cached_features(

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from mmfl.data.types import DataSpec
+from mmfl.data.dataset import DataSpec
 from mmfl.models.backbones import BackboneConfig, load_clip, prepare_images, text_attention
 
 

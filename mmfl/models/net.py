@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from mmfl.config import ModelConfig
-from mmfl.data.types import DataSpec
+from mmfl.data.dataset import DataSpec
 from mmfl.models.encoders import build_encoder
 from mmfl.models.fusion import build_fusion
 

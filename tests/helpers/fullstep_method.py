@@ -3,12 +3,11 @@
 
 import torch
 
-from mmfl.engine.state import RoundState
+from mmfl.state import RoundState
 from mmfl.methods.fedavg import FedAvg
 
 
 class FullSteps(FedAvg):
-    name = "fullsteps"
     uses_prototypes = True
     uses_schedule = True
 
@@ -25,5 +24,3 @@ class FullSteps(FedAvg):
         meta = {**state.meta, "schedule": {"round": state.round, "class_weights": (counts / counts.sum()).tolist()}}
         return RoundState(state.round, state.tensors, meta)
 
-
-METHOD = FullSteps()

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from mmfl.methods import parse_experiment
 
 PALETTE = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (220, 220, 40), (220, 40, 220), (40, 220, 220),
            (120, 60, 20), (250, 250, 250), (10, 10, 10), (128, 128, 128)]
@@ -68,7 +69,6 @@ def tiny_food101_runs(tmp_path: Path, method: str, params: dict, rounds: int) ->
 
     Both train the same experiment (same id) into different local stores: ``pipe`` and ``ref``.
     """
-    from mmfl.config import parse_config
     from tests.conftest import tiny_config_dict
 
     food = write_food101(tmp_path / "food", {f"c{i}": 8 for i in range(3)})
@@ -79,5 +79,5 @@ def tiny_food101_runs(tmp_path: Path, method: str, params: dict, rounds: int) ->
         method={"name": method, "params": {"backbone": TINY_BACKBONE, **params}},
         train={"rounds": rounds, "local_epochs": 1, "batch_size": 8, "lr": 0.01},
     )
-    return (parse_config({**raw, "storage": {"kind": "local", "root": str(tmp_path / "pipe")}}),
-            parse_config({**raw, "storage": {"kind": "local", "root": str(tmp_path / "ref")}}))
+    return (parse_experiment({**raw, "storage": {"kind": "local", "root": str(tmp_path / "pipe")}}),
+            parse_experiment({**raw, "storage": {"kind": "local", "root": str(tmp_path / "ref")}}))

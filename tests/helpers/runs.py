@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mmfl.engine.checkpoint import round_prefix
+from mmfl.io.layout import round_prefix
 from mmfl.io.store import ArtifactStore
 
 ROOT = Path(__file__).resolve().parents[2]

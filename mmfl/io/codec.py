@@ -1,57 +1,21 @@
-"""Explicit state passed between round steps: a flat dict of tensors plus JSON metadata.
+"""Byte format of states, updates and tensors: safetensors + JSON, with a sha256 tying the halves.
 
-Everything a step needs from an earlier step is in these objects, so a step can run in this
-process (local engine) or in another pod (KFP component) after a safetensors + JSON round trip.
+Never pickle: tensors are safetensors, everything else JSON. A torn or mixed pair (the JSON half of
+one write with the tensors of another) is refused by its digest.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from mmfl.aggregation.stacked import StackView
 from mmfl.errors import ArtifactError
-
-
-@dataclass
-class RoundState:
-    """Server state after ``round`` completed rounds (``round = 0``: initial model)."""
-
-    round: int
-    tensors: dict[str, torch.Tensor]
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def model_weights(self) -> dict[str, torch.Tensor]:
-        return {k[len("model/"):]: v for k, v in self.tensors.items() if k.startswith("model/")}
-
-    def with_model(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A copy of ``tensors`` whose model part is replaced by ``weights``."""
-        out = {k: v for k, v in self.tensors.items() if not k.startswith("model/")}
-        out.update({f"model/{k}": v.detach() for k, v in weights.items()})
-        return out
-
-
-@dataclass
-class ClientUpdate:
-    """What one client sends back after local training."""
-
-    client_id: int
-    num_samples: int
-    tensors: Mapping[str, torch.Tensor]  # a dict, or a StackView (read-only row of a ClientStack)
-    metrics: dict[str, float] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def model_weights(self) -> Mapping[str, torch.Tensor]:
-        if isinstance(self.tensors, StackView):  # a row of the vectorized engine's stack: stays where it is
-            return self.tensors.strip("model/")
-        return {k[len("model/"):]: v for k, v in self.tensors.items() if k.startswith("model/")}
+from mmfl.state import ClientUpdate, RoundState
 
 
 def tensors_to_bytes(tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> bytes:

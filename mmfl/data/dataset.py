@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 
 ModalityKind = Literal["vector", "image", "series", "tokens"]  # tokens: int64 token ids, pad = 0
@@ -104,3 +105,11 @@ class MultimodalDataset:
     def from_tensors(spec: DataSpec, tensors: dict[str, torch.Tensor]) -> "MultimodalDataset":
         inputs = {m.name: tensors[f"x/{m.name}"] for m in spec.modalities}
         return MultimodalDataset(spec, inputs, tensors["labels"].long(), tensors["present"].bool())
+
+
+@dataclass
+class RawData:
+    specs: list[ModalitySpec]
+    arrays: dict[str, np.ndarray]
+    labels: np.ndarray  # int64 in [0, num_classes)
+    num_classes: int

@@ -1,10 +1,14 @@
-"""Where round state lives in an artifact store, and how a run finds where to resume.
+"""Every key of the artifact store, and how a run finds where to resume.
 
-Layout under ``<experiment_id>/``:
-    data/spec.json, data/client_00007.safetensors, data/test.safetensors    prepared data
+Layout under ``<experiment_id>/`` (the local engine and the pipeline tasks share it, so either can
+resume the other's run):
+    config.json, tracking.json                                                the settings; the MLflow run
+    data/spec.json, data/client_00007.safetensors, data/test.safetensors    prepared data (spec last)
     rounds/00000/state.*                                                      initial state
     rounds/00003/state.*, rounds/00003/metrics.json                            after round 3
-    rounds/00003/updates/client_00007/update.*                                 client updates (KFP)
+    rounds/00003/updates/client_00007/update.*                                 client_train output (KFP)
+    rounds/00003/uploads/client_00007/update.*                                 upload_prototypes output (KFP)
+    rounds/00003/steps/aggregate/state.*, steps/schedule/state.*               server step outputs (KFP)
 A round is complete once its ``metrics.json`` exists: it is written last, after the state.
 """
 
@@ -13,15 +17,51 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from mmfl.engine.state import RoundState
+from mmfl.data.dataset import DataSpec, MultimodalDataset
 from mmfl.errors import ArtifactError
 from mmfl.io.store import ArtifactStore
+from mmfl.state import RoundState
 
 log = logging.getLogger(__name__)
 
 
 def round_prefix(exp_id: str, round_index: int) -> str:
     return f"{exp_id}/rounds/{round_index:05d}"
+
+
+def config_key(exp_id: str) -> str:
+    return f"{exp_id}/config.json"
+
+
+def tracking_key(exp_id: str) -> str:
+    """The experiment's MLflow run id (and whether the run was finalized)."""
+    return f"{exp_id}/tracking.json"
+
+
+def client_key(exp_id: str, round_index: int, kind: str, client_id: int) -> str:
+    return f"{round_prefix(exp_id, round_index)}/{kind}/client_{client_id:05d}"
+
+
+def step_key(exp_id: str, round_index: int, step: str) -> str:
+    return f"{round_prefix(exp_id, round_index)}/steps/{step}"
+
+
+def data_key(exp_id: str, name: str) -> str:
+    return f"{exp_id}/data/{name}"
+
+
+def load_spec(store: ArtifactStore, exp_id: str) -> DataSpec:
+    return DataSpec.from_json(store.get_json(data_key(exp_id, "spec.json")))
+
+
+def load_shards(store: ArtifactStore, exp_id: str, client_ids: list[int]) -> dict[int, MultimodalDataset]:
+    spec = load_spec(store, exp_id)
+    return {cid: MultimodalDataset.from_tensors(spec, store.get_tensors(data_key(exp_id, f"client_{cid:05d}.safetensors")))
+            for cid in client_ids}
+
+
+def load_test(store: ArtifactStore, exp_id: str) -> MultimodalDataset:
+    return MultimodalDataset.from_tensors(load_spec(store, exp_id), store.get_tensors(data_key(exp_id, "test.safetensors")))
 
 
 def save_round(store: ArtifactStore, exp_id: str, state: RoundState, metrics: dict[str, Any]) -> None:

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mmfl.data.types import MultimodalDataset
-from mmfl.engine.vector_batches import ChunkBatches, chunk_schedule, gather_batches, shard_tensors
-from mmfl.engine.vector_probe import probe_reason, static_reason, unused_parameters
-from mmfl.engine.vector_step import Penalty, SGDSettings, Tensors, make_client_loss, make_step
+from mmfl.data.dataset import MultimodalDataset
+from mmfl.engine.vectorized.batches import ChunkBatches, chunk_schedule, gather_batches, shard_tensors
+from mmfl.engine.vectorized.probe import probe_reason, static_reason, unused_parameters
+from mmfl.engine.vectorized.step import Penalty, SGDSettings, Tensors, make_client_loss, make_step
 
 log = logging.getLogger(__name__)
 

@@ -6,11 +6,14 @@ sizes handled by padding and masks, so FedAvg after a round agrees with the loop
 rounding. Per-client parameters and momentum are stacked along a client dimension and one
 ``vmap``-ed gradient step advances a whole chunk of ``train.vector_chunk`` clients.
 
-It falls back to the loop, saying why in the log, when
-- the method does not declare ``vectorizable = True`` on its own class (custom local losses
-  or client logic that this engine does not reproduce), or
+``trainer_for`` says whether this engine reproduces a method's local training; when it does
+not, ``engine/steps.client_train`` trains the clients one by one (the loop), saying why once in
+the log:
+- the method's ``vectorizable`` is False (custom local losses or client logic that this engine
+  does not reproduce; an ordinary class attribute, inherited by subclasses), or
 - the model cannot be vmapped faithfully (dropout > 0, batch norm, layers without batching
-  rules such as ``nn.GRU``; see ``vector_probe``).
+  rules such as ``nn.GRU``; see ``probe``).
+The method's ``penalty`` hook (FedProx's proximal term) is added to the loss here as in the loop.
 """
 
 from __future__ import annotations
@@ -23,14 +26,15 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from mmfl.aggregation.stacked import ClientStack
 from mmfl.config import ExperimentConfig
-from mmfl.data.types import DataSpec, MultimodalDataset
-from mmfl.engine.state import ClientUpdate, RoundState
-from mmfl.engine.vector_step import SGDSettings
-from mmfl.engine.vector_trainer import VectorTrainer
-from mmfl.methods import Method, get_method
+from mmfl.data.dataset import DataSpec, MultimodalDataset
+from mmfl.engine.resources import resources_for
+from mmfl.engine.vectorized.stack import ClientStack
+from mmfl.engine.vectorized.step import SGDSettings
+from mmfl.engine.vectorized.trainer import VectorTrainer
+from mmfl.methods import Method, resolve
 from mmfl.methods.base import Context
+from mmfl.state import ClientUpdate, RoundState
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +45,19 @@ last_timing: dict[str, float] = {}
 _WARNED: set[str] = set()
 
 
+# The local-training hooks this engine reproduces as ``Method`` defines them (plus ``penalty``).
+REPRODUCED_HOOKS = ("client_update", "train_local", "run_local", "local_data", "local_epochs", "batch_loss",
+                    "local_step", "make_optimizer")
+
+
 def method_reason(method: Method) -> str | None:
     """Why a method's local training is not reproduced here, or None when it is."""
-    if not vars(type(method)).get("vectorizable", False):
-        return f"method {method.name!r} does not declare vectorizable = True (custom local training)"
+    if not method.vectorizable:
+        return f"method {method.name!r} has vectorizable = False (custom local training)"
+    changed = [h for h in REPRODUCED_HOOKS if getattr(type(method), h) is not getattr(Method, h)]
+    if changed:
+        return f"method {method.name!r} overrides {', '.join(changed)}, which this engine does not reproduce"
     return None
-
-
-def loop_train(method: Method, cfg: ExperimentConfig, state: RoundState,
-               shards: Mapping[int, MultimodalDataset], client_ids: Sequence[int]) -> list[ClientUpdate]:
-    """The per-client loop of ``steps.client_train``, used as the fallback."""
-    spec = DataSpec.from_json(state.meta["data_spec"])
-    return [method.client_update(state, shards[cid], Context(cfg, spec, state.round + 1, cid, cfg.train.device))
-            for cid in client_ids]
 
 
 def _setting_key(method: Method, cfg: ExperimentConfig, spec: DataSpec, cuda_graph: bool, static_buffers: bool) -> str:
@@ -72,11 +76,16 @@ def _trainer(method: Method, cfg: ExperimentConfig, state: RoundState, spec: Dat
     if found is not None:
         _TRAINERS.move_to_end(key)
         return found
-    ctx = Context(cfg, spec, state.round + 1, -1, cfg.train.device)
+    ctx = Context(cfg, spec, state.round + 1, -1, cfg.train.device, resources_for(cfg))
     t = cfg.train
-    penalty_fn = getattr(method, "functional_penalty", None)
-    penalty = (lambda params, anchor: penalty_fn(params, anchor, ctx)) if penalty_fn is not None else None
     model = method.load_model(state.model_weights(), ctx)
+    probe = {n: p.detach() for n, p in model.named_parameters()}
+    penalty = None
+    if method.penalty(probe, probe, ctx) is not None:  # declared and active for these params
+
+        def penalty(params, anchor):
+            return method.penalty(params, anchor, ctx)
+
     trainer = VectorTrainer(model, state.model_weights(), SGDSettings(t.lr, t.momentum, t.weight_decay),
                             torch.device(t.device), penalty=penalty, compile=t.compile,
                             cuda_graph=cuda_graph, static_buffers=static_buffers)
@@ -95,37 +104,67 @@ def _device_memory_low(result, device: torch.device) -> bool:
     return free < 2 * held
 
 
+def trainer_for(method: Method, cfg: ExperimentConfig, state: RoundState, sample: MultimodalDataset,
+                cuda_graph: bool = True, static_buffers: bool = False) -> VectorTrainer | None:
+    """The trainer that reproduces ``method``'s local training in this setting, or None (use the loop).
+
+    ``cuda_graph`` allows capturing each chunk's local steps as one CUDA graph when
+    ``train.device`` is a GPU; ``static_buffers`` runs chunks through the graph's fixed buffers
+    without capturing (a check of that path on any device). The reason for None is logged:
+    loudly once per setting and process, then quietly every further round.
+    """
+    reason = method_reason(method)
+    if reason is None:
+        spec = DataSpec.from_json(state.meta["data_spec"])
+        found = _trainer(method, cfg, state, spec, sample, cuda_graph, static_buffers)
+        if not isinstance(found, str):
+            return found
+        reason = found
+    level = logging.INFO if reason in _WARNED else logging.WARNING
+    _WARNED.add(reason)
+    log.log(level, "vectorized engine: training clients one by one (the loop): %s", reason)
+    return None
+
+
 def client_train_vectorized(
     cfg: ExperimentConfig, state: RoundState, shards: Mapping[int, MultimodalDataset], client_ids: Sequence[int],
     method: Method | None = None, cuda_graph: bool = True, static_buffers: bool = False,
 ) -> list[ClientUpdate]:
-    """Train ``client_ids`` from the global state of the round, ``train.vector_chunk`` clients at a time.
+    """Train ``client_ids`` together when this engine reproduces the method, else one by one (benchmarks, tests).
 
-    ``method`` overrides the configured method (benchmarks pass their own model); ``cuda_graph``
-    allows capturing each chunk's local steps as one CUDA graph when ``train.device`` is a GPU;
-    ``static_buffers`` runs chunks through the graph's fixed buffers without capturing (a check
-    of that path on any device).
-
-    Each chunk's trained weights stay stacked on the training device (a ``ClientStack``); every
-    update's ``tensors`` is a read-only ``StackView`` of its row, copied to the host only when
-    read. FedAvg's mean and update screening read the stack directly.
+    ``method`` overrides the configured method (benchmarks pass their own model).
     """
-    method = method or get_method(cfg.method.name)
+    method = method or resolve(cfg).method
     client_ids = list(client_ids)
     if not client_ids:
         return []
-    reason = method_reason(method)
-    if reason is None:
-        spec = DataSpec.from_json(state.meta["data_spec"])
-        found = _trainer(method, cfg, state, spec, shards[client_ids[0]], cuda_graph, static_buffers)
-        reason = found if isinstance(found, str) else None
-    if reason is not None:
-        # Said loudly once per setting and process, then quietly every further round.
-        level = logging.INFO if reason in _WARNED else logging.WARNING
-        _WARNED.add(reason)
-        log.log(level, "vectorized engine: falling back to the per-client loop: %s", reason)
+    trainer = trainer_for(method, cfg, state, shards[client_ids[0]], cuda_graph, static_buffers)
+    if trainer is None:
         return loop_train(method, cfg, state, shards, client_ids)
-    trainer: VectorTrainer = found
+    return train_clients(trainer, cfg, state, shards, client_ids)
+
+
+def loop_train(method: Method, cfg: ExperimentConfig, state: RoundState,
+               shards: Mapping[int, MultimodalDataset], client_ids: Sequence[int]) -> list[ClientUpdate]:
+    """The clients one by one, as the loop engine trains them (the reference of every equality check)."""
+    spec = DataSpec.from_json(state.meta["data_spec"])
+    resources = resources_for(cfg)
+    return [method.client_update(state, shards[c], Context(cfg, spec, state.round + 1, c, cfg.train.device, resources))
+            for c in client_ids]
+
+
+def train_clients(trainer: VectorTrainer, cfg: ExperimentConfig, state: RoundState,
+                  shards: Mapping[int, MultimodalDataset], client_ids: Sequence[int]) -> list[ClientUpdate]:
+    """Train ``client_ids`` from the global state of the round, ``train.vector_chunk`` clients at a time.
+
+    Each chunk's trained weights stay stacked on the training device (a ``ClientStack``); every
+    update's ``tensors`` is a read-only ``StackView`` (a ``StackedRow``) of its row, copied to the
+    host only when read. FedAvg's mean and update screening read the stack directly.
+    """
+    client_ids = list(client_ids)
+    if not client_ids:
+        return []
+    spec = DataSpec.from_json(state.meta["data_spec"])
     global_weights = state.model_weights()
     trainer.set_global(global_weights)
     t, round_index = cfg.train, state.round + 1

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mmfl.data.types import MultimodalDataset
+from mmfl.data.dataset import MultimodalDataset
 
 
 @dataclass

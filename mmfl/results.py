@@ -6,14 +6,17 @@ from typing import Any
 
 from rich.table import Table
 
+from mmfl.config import ExperimentConfig
+
 
 def metric_key(kind: str, pattern: str) -> str:
     return f"{kind}/{pattern}"
 
 
-def training_setting(cfg_missing: dict[str, Any]) -> str:
-    pattern = cfg_missing.get("pattern", "?")
-    return "full" if pattern == "full" else f"{pattern}@{float(cfg_missing.get('rate', 0)):.2f}"
+def result_row(cfg: ExperimentConfig, round_index: int, results: dict[str, dict[str, float]] | None) -> dict[str, Any]:
+    """One row of the test matrix: {"method", "train", "seed", "round", "results": {pattern: {acc, f1}}}."""
+    return {"method": cfg.method.name, "train": cfg.missing.label(), "seed": cfg.seed, "round": round_index,
+            "results": results or {}}
 
 
 def matrix_table(rows: list[dict[str, Any]], patterns: list[str], title: str = "Test matrix (accuracy / macro-F1)") -> Table:

@@ -7,7 +7,6 @@ state in the MinIO bucket and the MLflow server named by the pods' environment (
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,15 +15,8 @@ import yaml
 
 from mmfl.config import ExperimentConfig, parse_config
 from mmfl.errors import ConfigError
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _import_path() -> None:
-    """``components``/``pipelines`` are top-level packages next to ``mmfl`` in a source checkout."""
-    if (REPO_ROOT / "pipelines").is_dir() and str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-
+from mmfl.methods import resolve
+from pipelines.cluster import ClusterSettings
 
 def cluster_config(cfg: ExperimentConfig) -> ExperimentConfig:
     """The same experiment, with storage and tracking that pods can reach (experiment id unchanged)."""
@@ -35,7 +27,9 @@ def cluster_config(cfg: ExperimentConfig) -> ExperimentConfig:
     uri = data["tracking"].get("uri")
     if uri and not uri.startswith(("http://", "https://", "databricks")):
         data["tracking"]["uri"] = None  # a local file/sqlite URI means nothing in a pod: use $MLFLOW_TRACKING_URI
-    return parse_config(data, source="cluster config")
+    out = parse_config(data, source="cluster config")
+    resolve(out)
+    return out
 
 
 @dataclass
@@ -52,10 +46,7 @@ class CompileOptions:
     parallelism: int = 4
 
 
-def _settings(opts: CompileOptions):
-    _import_path()
-    from pipelines.cluster import ClusterSettings
-
+def _settings(opts: CompileOptions) -> ClusterSettings:
     return ClusterSettings(gpus=opts.gpus)
 
 
@@ -76,7 +67,6 @@ def _write(pipeline: Any, path: Path, image: str | None) -> Path:
 def compile_experiment(cfg: ExperimentConfig, path: Path, opts: CompileOptions | None = None) -> tuple[Path, int]:
     """Experiment pipeline YAML for ``cfg``; returns the path and the rounds one run covers."""
     opts = opts or CompileOptions()
-    _import_path()
     from pipelines.experiment import build_experiment_pipeline
 
     pipeline = build_experiment_pipeline(cluster_config(cfg), rounds=opts.rounds_per_run, fan_out=opts.fan_out,
@@ -85,15 +75,14 @@ def compile_experiment(cfg: ExperimentConfig, path: Path, opts: CompileOptions |
 
 
 def benchmark_cells(cfg: ExperimentConfig, opts: CompileOptions) -> list[ExperimentConfig]:
-    from mmfl.kfp.benchmark import grid_configs
+    from mmfl.kfp.benchmark import benchmark_cells as cells
 
-    return grid_configs(cluster_config(cfg), opts.methods or None, opts.rates or None, opts.seeds or None)
+    return cells(cluster_config(cfg), opts.methods or None, opts.rates or None, opts.seeds or None)
 
 
 def compile_benchmark(cfg: ExperimentConfig, path: Path, opts: CompileOptions | None = None) -> tuple[Path, int]:
     """Benchmark pipeline YAML over the grid of ``opts``; returns the path and the number of cells."""
     opts = opts or CompileOptions()
-    _import_path()
     from pipelines.benchmark import build_benchmark_pipeline
 
     cells = benchmark_cells(cfg, opts)

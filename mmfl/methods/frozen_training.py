@@ -1,17 +1,17 @@
-"""Pieces shared by the methods that train small modules on top of frozen foundation models."""
+"""The base of methods that train small modules on top of frozen foundation models, and their helpers."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
-from mmfl.data.types import DataSpec
-from mmfl.engine.state import ClientUpdate, RoundState
+from mmfl.data.dataset import DataSpec
+from mmfl.state import ClientUpdate, RoundState
 from mmfl.errors import ConfigError
-from mmfl.methods.base import Context, iterate_batches
+from mmfl.methods.base import Context, Method
 
 log = logging.getLogger("mmfl.communication")
 
@@ -37,6 +37,7 @@ def image_text_roles(spec: DataSpec, method: str) -> tuple[str, str]:
 
 
 def make_optimizer(params, kind: str, ctx: Context) -> torch.optim.Optimizer:
+    """AdamW or SGD over the trainable parameters (the frozen backbone has none)."""
     t = ctx.cfg.train
     params = [p for p in params if p.requires_grad]
     if kind == "adamw":
@@ -44,40 +45,29 @@ def make_optimizer(params, kind: str, ctx: Context) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
 
-def train_on_features(
-    model: nn.Module,
-    features: Mapping[str, torch.Tensor],
-    ctx: Context,
-    optimizer: torch.optim.Optimizer,
-    step_loss: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]],
-) -> dict[str, float]:
-    """Local epochs of mini-batch training over cached per-sample features.
+class FrozenBackboneMethod(Method):
+    """A method that trains small modules over cached features of a frozen backbone.
 
-    ``features`` holds (N, ...) tensors (including ``labels`` and ``present``); ``step_loss``
-    returns the loss of a batch and extra scalars to average. Seeded by (seed, round, client).
+    ``local_data`` carries the cached features in ``extra``; the optimiser is ``params.optimizer``.
     """
-    t = ctx.cfg.train
-    n = int(features["labels"].shape[0])
-    gen = torch.Generator().manual_seed(ctx.seed())
-    sums: dict[str, float] = {"train_loss": 0.0}
-    steps = 0
-    model.train()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(ctx.seed(1))
-        for _ in range(t.local_epochs):
-            for idx in iterate_batches(n, t.batch_size, gen):
-                batch = {k: v[idx].to(ctx.device) for k, v in features.items()}
-                loss, extra = step_loss(batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                sums["train_loss"] += float(loss.detach())
-                for k, v in extra.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                steps += 1
-    out = {k: v / max(steps, 1) for k, v in sums.items()}
-    out["local_steps"] = float(steps)
-    return out
+
+    def make_optimizer(self, model: nn.Module, ctx: Context) -> torch.optim.Optimizer:
+        return make_optimizer(model.parameters(), ctx.params.optimizer, ctx)
+
+    def trained_update(self, model: nn.Module, shard_size: int, metrics: dict[str, float], ctx: Context,
+                       extra: Mapping[str, torch.Tensor] | None = None) -> ClientUpdate:
+        """The update of a locally trained model (plus ``extra`` tensors), with its payload size in the metrics."""
+        tensors = {f"model/{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        metrics["model_bytes"] = float(tensor_bytes(tensors))
+        tensors.update(extra or {})
+        metrics["bytes_up"] = float(tensor_bytes(tensors))
+        return ClientUpdate(ctx.client_id, shard_size, tensors, metrics)
+
+    def next_state(self, state: RoundState, tensors: dict[str, torch.Tensor], meta: dict, updates: Sequence[ClientUpdate]) -> RoundState:
+        """The state after this round, with the round's traffic recorded."""
+        new = RoundState(state.round + 1, tensors, meta)
+        record_communication(self.name, new, updates)
+        return new
 
 
 def record_communication(method: str, state: RoundState, updates: Sequence[ClientUpdate]) -> None:

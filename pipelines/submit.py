@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 from mmfl.config import ExperimentConfig
 from mmfl.errors import MmflError
-from mmfl.kfp.compile import CompileOptions, check_cron, compile_benchmark, compile_experiment, pipeline_arguments
-from mmfl.kfp.component_io import segments_needed
+from pipelines.compile import CompileOptions, check_cron, compile_benchmark, compile_experiment, pipeline_arguments
+from pipelines.segments import segments_needed
 
 TOKEN_ENV = "MMFL_KFP_TOKEN"
 

@@ -4,7 +4,7 @@ The components in ``components/`` are thin shells that call one function here. K
 in the library means it is importable and testable without kfp, and the container image only
 needs mmfl installed.
 
-Store layout is the one of ``mmfl.engine.checkpoint`` so the local engine and the pipeline are
+Store layout is the one of ``mmfl.io.layout`` so the local engine and the pipeline are
 interchangeable (either can resume the other's run):
 
     <exp>/data/spec.json, data/client_00007.safetensors, data/test.safetensors
@@ -31,17 +31,25 @@ from pathlib import Path
 from typing import Any
 
 from mmfl.config import ExperimentConfig, parse_config
-from mmfl.data.missing import eval_patterns
-from mmfl.data.types import DataSpec, MultimodalDataset
+from mmfl.data.dataset import DataSpec
 from mmfl.engine import steps
-from mmfl.engine.checkpoint import latest_round, load_metrics, load_round, metrics_history, round_prefix, save_round
-from mmfl.engine.local import round_metrics
-from mmfl.engine.robust import clients_summary, record_round_clients
-from mmfl.engine.state import ClientUpdate, RoundState
+from mmfl.engine.session import ExperimentSession
 from mmfl.errors import ArtifactError, ConfigError
-from mmfl.io.store import ArtifactStore, open_store
-from mmfl.io.tracking import NullTracker, open_tracker
-from mmfl.report import matrix_records, plot_history, training_setting
+from mmfl.io import ArtifactStore
+from mmfl.io import store_of as open_storage
+from mmfl.io.layout import (
+    client_key,
+    data_key,
+    load_metrics,
+    load_round,
+    load_shards,
+    load_spec,
+    load_test,
+    round_prefix,
+    step_key,
+)
+from mmfl.methods import resolve
+from mmfl.state import ClientUpdate, RoundState
 
 
 # --- configuration and store ------------------------------------------------------------------
@@ -50,12 +58,13 @@ def load_cfg(config_json: str) -> ExperimentConfig:
         data = json.loads(config_json)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"config_json: not valid JSON ({exc})") from None
-    return parse_config(data, source="config_json")
+    cfg = parse_config(data, source="config_json")
+    resolve(cfg)
+    return cfg
 
 
 def store_of(cfg: ExperimentConfig) -> ArtifactStore:
-    s = cfg.storage
-    return open_store(s.kind, s.root, s.bucket, s.endpoint, s.secure)
+    return open_storage(cfg.storage)
 
 
 def round_of(start_round: int, offset: int) -> int:
@@ -63,12 +72,8 @@ def round_of(start_round: int, offset: int) -> int:
     return start_round + offset + 1
 
 
-def client_key(exp_id: str, round_index: int, kind: str, client_id: int) -> str:
-    return f"{round_prefix(exp_id, round_index)}/{kind}/client_{client_id:05d}"
 
 
-def step_key(exp_id: str, round_index: int, step: str) -> str:
-    return f"{round_prefix(exp_id, round_index)}/steps/{step}"
 
 
 def write_manifest(path: str, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -114,8 +119,6 @@ def _skip(path: str, exp_id: str, round_index: int, reason: str) -> dict[str, An
 
 
 # --- data shards in the store -------------------------------------------------------------------
-def data_key(exp_id: str, name: str) -> str:
-    return f"{exp_id}/data/{name}"
 
 
 def ensure_data(cfg: ExperimentConfig, store: ArtifactStore) -> DataSpec:
@@ -131,39 +134,15 @@ def ensure_data(cfg: ExperimentConfig, store: ArtifactStore) -> DataSpec:
     return data.spec
 
 
-def load_spec(store: ArtifactStore, exp_id: str) -> DataSpec:
-    return DataSpec.from_json(store.get_json(data_key(exp_id, "spec.json")))
 
 
-def load_shards(store: ArtifactStore, exp_id: str, client_ids: list[int]) -> dict[int, MultimodalDataset]:
-    spec = load_spec(store, exp_id)
-    return {cid: MultimodalDataset.from_tensors(spec, store.get_tensors(data_key(exp_id, f"client_{cid:05d}.safetensors")))
-            for cid in client_ids}
 
 
-def load_test(store: ArtifactStore, exp_id: str) -> MultimodalDataset:
-    return MultimodalDataset.from_tensors(load_spec(store, exp_id), store.get_tensors(data_key(exp_id, "test.safetensors")))
 
 
-# --- tracking -------------------------------------------------------------------------------------
-def _tracker(cfg: ExperimentConfig, store: ArtifactStore):
-    """Open this experiment's MLflow run (one per experiment, its id kept in the store; created if absent)."""
-    tracker = open_tracker(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment)
-    if isinstance(tracker, NullTracker):
-        return tracker
-    exp_id = cfg.experiment_id()
-    key = f"{exp_id}/tracking.json"
-    previous = store.get_json(key) if store.exists(key) else {}
-    run_id = tracker.start(
-        run_name=f"{cfg.name}/{cfg.method.name}/s{cfg.seed}",
-        params=cfg.model_dump(mode="json"),
-        tags={"mmfl.experiment_id": exp_id, "mmfl.method": cfg.method.name,
-              "mmfl.train_missing": training_setting(cfg.missing.model_dump()), "mmfl.engine": "kfp"},
-        run_id=previous.get("run_id"),
-    )
-    if run_id != previous.get("run_id"):
-        store.put_json(key, {"run_id": run_id, "tracking_uri": getattr(tracker, "uri", None)})
-    return tracker
+def session_of(cfg: ExperimentConfig, store: ArtifactStore) -> ExperimentSession:
+    """The experiment session (MLflow run, checkpoints) that the local engine uses too."""
+    return ExperimentSession(cfg, store, engine="kfp")
 
 
 # --- the tasks --------------------------------------------------------------------------------------
@@ -172,13 +151,10 @@ def prepare_task(config_json: str, checkpoint_path: str) -> tuple[int, dict[str,
     cfg = load_cfg(config_json)
     store, exp_id = store_of(cfg), cfg.experiment_id()
     spec = ensure_data(cfg, store)
-    start = latest_round(store, exp_id)
-    if start is None:
-        save_round(store, exp_id, steps.init_state(cfg, spec), {"eval": None})
-        store.put_json(f"{exp_id}/config.json", cfg.model_dump(mode="json"))
-        start = 0
+    session = session_of(cfg, store)
+    start, _ = session.begin(spec)
     if start < cfg.train.rounds:
-        _tracker(cfg, store)
+        session.open_run()
     meta = write_manifest(checkpoint_path, {"experiment_id": exp_id, "round": start, "state": round_prefix(exp_id, start),
                                             "store": repr(store), "rounds_total": cfg.train.rounds})
     return start, meta
@@ -279,70 +255,20 @@ def evaluate_task(config_json: str, start_round: int, offset: int, state_manifes
         if state.round != r:
             raise ArtifactError(f"state for round {r} has round = {state.round}")
         evaluation = steps.evaluate(cfg, state, load_test(store, exp_id)) if steps.should_evaluate(cfg, r) else None
-        loss = state.meta["history"][-1]["train_loss"]
-        tracker = _tracker(cfg, store)
-        clients = clients_summary(state)
-        tracker.log_metrics(round_metrics(r, state.meta["history"][-1], evaluation), step=r)  # before the commit:
-        record_round_clients(tracker, r, clients)                                              # a retry re-logs
-        save_round(store, exp_id, state, {"eval": evaluation, "train_loss": loss, "clients": clients})
+        session = session_of(cfg, store)
+        session.open_run()
+        session.after_round(state, evaluation)
         if r == cfg.train.rounds:
-            finalize(cfg, store, tracker)
+            session.end(load_spec(store, exp_id))
     elif status == "done":
         evaluation = load_metrics(store, exp_id, r).get("eval")
-        if r == cfg.train.rounds and not _finalized(store, exp_id):
-            finalize(cfg, store, _tracker(cfg, store))
+        session = session_of(cfg, store)
+        if r == cfg.train.rounds and not session.finished():
+            session.open_run()
+            session.end(load_spec(store, exp_id))
     else:
         return _skip(checkpoint_path, exp_id, r, status), {}
     meta = write_manifest(checkpoint_path, {"experiment_id": exp_id, "round": r, "state": round_prefix(exp_id, r),
                                             "evaluated": evaluation is not None})
     flat = {f"{kind}_{pattern.replace(':', '_')}": v[kind] for pattern, v in (evaluation or {}).items() for kind in ("acc", "f1")}
     return meta, flat
-
-
-def _finalized(store: ArtifactStore, exp_id: str) -> bool:
-    key = f"{exp_id}/tracking.json"
-    return store.exists(key) and bool(store.get_json(key).get("finished"))
-
-
-def finalize(cfg: ExperimentConfig, store: ArtifactStore, tracker: Any) -> None:
-    """After the last round: the test matrix, result and accuracy plot in the MLflow run; run finished."""
-    exp_id = cfg.experiment_id()
-    history = metrics_history(store, exp_id)
-    final = history[-1]["eval"] if history else None
-    if not isinstance(tracker, NullTracker) and final is not None:
-        patterns = eval_patterns(load_spec(store, exp_id).names, cfg.eval.patterns)
-        row = {"method": cfg.method.name, "train": training_setting(cfg.missing.model_dump()), "seed": cfg.seed,
-               "round": cfg.train.rounds, "results": final}
-        tracker.log_table(matrix_records([row], patterns), "test_matrix.json")
-        tracker.log_dict({"experiment_id": exp_id, "final": final, "store": repr(store),
-                          "checkpoint": round_prefix(exp_id, cfg.train.rounds)}, "result.json")
-        fig = plot_history(history, patterns, f"{cfg.method.name} — train {training_setting(cfg.missing.model_dump())}")
-        tracker.log_figure(fig, "accuracy_vs_round.png")
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
-    tracker.finish("FINISHED")
-    key = f"{exp_id}/tracking.json"
-    doc = store.get_json(key) if store.exists(key) else {}
-    store.put_json(key, {**doc, "finished": True})
-
-
-# --- segments ----------------------------------------------------------------------------------------
-def steps_per_round(cfg: ExperimentConfig, fan_out: bool = False) -> int:
-    """Pipeline tasks one round costs: train, [prototypes], aggregate, [schedule], evaluate."""
-    method = steps.method_of(cfg)
-    per_client = 1 + int(method.uses_prototypes)
-    clients = len(steps.sample_clients(cfg, 1)) if fan_out else 1
-    return per_client * clients + 2 + int(method.uses_schedule)
-
-
-def segment_rounds(cfg: ExperimentConfig, max_tasks: int = 40, fan_out: bool = False) -> int:
-    """Rounds one pipeline run unrolls so that it stays within ``max_tasks`` tasks (one is prepare)."""
-    per = steps_per_round(cfg, fan_out)
-    if max_tasks - 1 < per:
-        raise ConfigError(f"max_tasks = {max_tasks}: one round of {cfg.method.name} needs {per} tasks plus 1")
-    return max(1, min(cfg.train.rounds, (max_tasks - 1) // per))
-
-
-def segments_needed(cfg: ExperimentConfig, rounds_per_segment: int, done: int = 0) -> int:
-    return math.ceil(max(0, cfg.train.rounds - done) / rounds_per_segment)

@@ -6,7 +6,8 @@ would cost more than the training (256 clients x 1.7M parameters is 1.7 GB per r
 trained chunk stays where it is, as a ``ClientStack``, and each client's update holds a
 ``StackView``: a read-only mapping ``name -> tensor`` that copies a client's row to the host
 only when somebody reads it (an artifact writer, a custom aggregation). The server's common
-operations read the stack directly instead: ``weighted_mean`` averages stacked rows with one
+operations read the stack directly instead, through the ``StackedRow`` interface of
+``mmfl.state``: ``weighted_mean`` averages stacked rows with one
 reduction per tensor, and ``row_summary`` gives the screening statistics of every row at once.
 
 Views are read-only: a tensor obtained from a view on a GPU stack is a host copy, and writing
@@ -16,25 +17,12 @@ into it does not change the stack.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-
 import torch
+
+from mmfl.state import RowSummary, StackedRow
 
 # Float64 scratch memory a reduction may take at once (rows of a block x elements x 8 bytes).
 _BLOCK_BYTES = 1 << 28
-
-
-@dataclass(frozen=True)
-class RowSummary:
-    """Screening statistics of one client's row, computed for the whole stack at once.
-
-    ``nonfinite``: the first tensor (in key order) holding NaN or inf, as (key, NaNs, infs), or
-    None. ``sq_distance``: the squared L2 distance to the reference over the floating-point
-    tensors under ``prefix`` that the reference also holds (float64, may be inf).
-    """
-
-    nonfinite: tuple[str, int, int] | None
-    sq_distance: float
 
 
 class ClientStack:
@@ -94,7 +82,7 @@ class ClientStack:
         return out
 
 
-class StackView(Mapping[str, torch.Tensor]):
+class StackView(StackedRow):
     """One client's row of a ``ClientStack``, keys under ``prefix`` with the prefix removed."""
 
     __slots__ = ("stack", "index", "prefix", "_keys", "_host")
@@ -103,6 +91,10 @@ class StackView(Mapping[str, torch.Tensor]):
         self.stack, self.index, self.prefix = stack, index, prefix
         self._keys = [k[len(prefix):] for k in stack.order if k.startswith(prefix)]
         self._host: dict[str, torch.Tensor] = {}
+
+    @property
+    def group(self) -> tuple[int, str]:
+        return id(self.stack), self.prefix
 
     def strip(self, prefix: str) -> StackView:
         """The view of the keys that start with ``prefix``, named without it."""
@@ -147,11 +139,9 @@ class StackView(Mapping[str, torch.Tensor]):
         """Screening statistics of this row (see ``RowSummary``); ``reference`` is keyed like this view."""
         return self.stack.row_summaries(reference, self.prefix)[self.index]
 
-
-def shape_dtype(tensors: Mapping[str, torch.Tensor], key: str) -> tuple[torch.Size, torch.dtype]:
-    if isinstance(tensors, StackView):
-        return tensors.shape_dtype(key)
-    return tensors[key].shape, tensors[key].dtype
+    @classmethod
+    def accumulate(cls, acc: dict[str, torch.Tensor], rows: Sequence[StackedRow], fractions: Sequence[float]) -> None:
+        accumulate_stacked(acc, rows, fractions)  # type: ignore[arg-type]
 
 
 def accumulate_stacked(acc: dict[str, torch.Tensor], views: Sequence[StackView], fractions: Sequence[float],

@@ -1,4 +1,5 @@
-"""``mmfl compile | submit | schedule``: the Kubeflow commands, registered on the main parser."""
+"""``mmfl compile | submit | schedule``: the Kubeflow commands, registered on the main parser through
+the ``mmfl.commands`` entry point (pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ console = Console()
 
 
 def _options(args: argparse.Namespace):
-    from mmfl.kfp.compile import CompileOptions
+    from pipelines.compile import CompileOptions
 
     return CompileOptions(rounds_per_run=args.rounds_per_run, fan_out=args.fan_out, max_tasks=args.max_tasks,
                           image=args.image, gpus=args.gpus, methods=args.method or [], rates=args.rate or [],
@@ -19,13 +20,13 @@ def _options(args: argparse.Namespace):
 
 
 def _config(args: argparse.Namespace):
-    from mmfl.config import load_config
+    from mmfl.methods import load_experiment
 
-    return load_config(args.config, list(args.set or []))
+    return load_experiment(args.config, list(args.set or []))
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from mmfl.kfp.compile import compile_benchmark, compile_experiment
+    from pipelines.compile import compile_benchmark, compile_experiment
 
     cfg, opts, out = _config(args), _options(args), Path(args.out)
     path, rounds = compile_experiment(cfg, out / "experiment.yaml", opts)
@@ -47,7 +48,7 @@ def _grid_only_with_benchmark(args: argparse.Namespace, benchmark: bool, flag: s
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from mmfl.kfp.client import submit
+    from pipelines.submit import submit
 
     _grid_only_with_benchmark(args, args.benchmark, "add --benchmark to submit the grid")
     done = submit(_config(args), args.host, experiment=args.experiment, opts=_options(args), benchmark=args.benchmark,
@@ -57,7 +58,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    from mmfl.kfp.client import schedule
+    from pipelines.submit import schedule
 
     _grid_only_with_benchmark(args, not args.experiment_pipeline, "drop --experiment-pipeline to schedule the grid")
     job = schedule(_config(args), args.host, args.cron, name=args.name, experiment=args.experiment,

@@ -1,0 +1,85 @@
+"""Rounds in one process: the five steps in order, each round recorded by the experiment session.
+
+The local driver (``mmfl/local.py``) runs whole experiments with it and a progress bar; a
+pipeline task that runs a whole experiment (a benchmark cell) uses it without one. A run that is
+stopped (or killed) continues from its last completed round with the same result as an
+uninterrupted run: all randomness is derived from (seed, round, client).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmfl.config import ExperimentConfig
+from mmfl.data.missing import eval_patterns
+from mmfl.engine import steps
+from mmfl.engine.robust import RoundFailedError, record_round_clients
+from mmfl.engine.session import ExperimentSession
+from mmfl.io import ArtifactStore, store_of
+from mmfl.methods import resolve
+from mmfl.results import result_row
+
+# Called after each round with (round, state, evaluation or None); also once before the first
+# round with (rounds already done, state, None).
+RoundCallback = Callable[[int, Any, dict[str, Any] | None], None]
+
+
+@dataclass
+class ExperimentResult:
+    experiment_id: str
+    run_id: str | None
+    rounds_done: int
+    final: dict[str, dict[str, float]] | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    patterns: list[str] = field(default_factory=list)
+    resumed_from: int = 0
+
+    def row(self, cfg: ExperimentConfig) -> dict[str, Any]:
+        return result_row(cfg, self.rounds_done, self.final)
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    store: ArtifactStore | None = None,
+    tracker: Any = None,
+    on_round: RoundCallback | None = None,
+    stop_after: int | None = None,
+    engine: str = "local",
+) -> ExperimentResult:
+    """Run (or resume) one experiment to ``cfg.train.rounds`` rounds; ``stop_after`` stops early."""
+    resolve(cfg)
+    session = ExperimentSession(cfg, store or store_of(cfg.storage), tracker, engine=engine)
+    steps.apply_execution_settings(cfg)
+    data = steps.prepare_data(cfg)
+    patterns = eval_patterns(data.spec.names, cfg.eval.patterns)
+    shards = dict(enumerate(data.clients))
+    start, state = session.begin(data.spec)
+    run_id = session.open_run()
+    if on_round is not None:
+        on_round(start, state, None)
+    last = cfg.train.rounds if stop_after is None else min(cfg.train.rounds, stop_after)
+    try:
+        for r in range(start + 1, last + 1):
+            clients = steps.sample_clients(cfg, r)
+            updates = steps.client_train(cfg, state, shards, clients)
+            updates = steps.upload_prototypes(cfg, state, shards, updates)
+            try:
+                state = steps.aggregate(cfg, state, updates, expected_clients=clients)
+            except RoundFailedError as exc:
+                record_round_clients(session.tracker, r, exc.summary)
+                raise
+            state = steps.schedule(cfg, state)
+            evaluation = steps.evaluate(cfg, state, data.test) if steps.should_evaluate(cfg, r) else None
+            session.after_round(state, evaluation)
+            if on_round is not None:
+                on_round(r, state, evaluation)
+    except BaseException:
+        session.tracker.finish("FAILED")
+        raise
+    if last == cfg.train.rounds:
+        session.end(data.spec)
+    history = session.history()
+    final = history[-1]["eval"] if history and history[-1]["round"] == cfg.train.rounds else None
+    return ExperimentResult(session.exp_id, run_id, state.round, final, history, patterns, resumed_from=start)
