@@ -113,3 +113,4 @@ class RawData:
     arrays: dict[str, np.ndarray]
     labels: np.ndarray  # int64 in [0, num_classes)
     num_classes: int
+    class_names: list[str] | None = None  # in label order, where the dataset has names
