@@ -7,6 +7,7 @@ import torch
 
 from mmfl.config import DataConfig
 from mmfl.data.captioned import FLOWERS102_NAMES, read_cub200, read_flowers102
+from mmfl.data.dataset import DataSpec
 from mmfl.data.loaders import load_raw
 from mmfl.data.splits import load_dataset
 from mmfl.errors import DataError
@@ -27,6 +28,8 @@ def test_cub200_reads_layout_with_ten_captions(tmp_path):
     assert raw.num_classes == 3 and raw.class_names == sorted({r.label for r in records})
     train, test = load_dataset(cfg.model_copy(update={"test_fraction": 0.25}))
     assert len(train) == 9 and len(test) == 3 and train.labels.dtype == torch.int64
+    assert train.spec.class_names == tuple(raw.class_names)
+    assert DataSpec.from_json(train.spec.to_json()) == train.spec
 
 
 def test_flowers102_reads_mat_files_and_captions(tmp_path):
