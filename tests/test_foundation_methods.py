@@ -138,7 +138,7 @@ def test_fedmvp_clip_trains_with_cka_weights(tmp_path, food_dir):
     _history_ok(result, 2)
     state = LocalStore(cfg.storage.root).get_state(f"{cfg.experiment_id()}/rounds/00002")
     assert all(k.startswith(("model/proj", "model/complete", "model/encoder", "model/head", "model/cls",
-                             "model/modality_embed")) for k in state.tensors)
+                             "model/modality_embed", "model/to_frozen")) for k in state.tensors)
     joint_bytes = sum(v.numel() * v.element_size() for k, v in state.tensors.items() if k.startswith("model/"))
     assert state.meta["communication"][-1]["bytes_up"] == 3 * joint_bytes
     for entry in state.meta["cka_weights"]:
