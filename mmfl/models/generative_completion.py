@@ -95,12 +95,12 @@ class GenerativeCompletion:
         return {f"x/{self.image}": image, f"x/{self.text}": ids, "present": present.to(torch.uint8)}
 
     @torch.no_grad()
-    def probe(self, n: int, batch_size: int = 32) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """``n`` generated samples, classes cycled: (inputs by modality name, all-present mask)."""
+    def probe(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Rows ``rows`` of the generated probe (sample k has class k mod C): ``x/<name>`` and ``present``."""
         if self.t2i is None:
             raise ConfigError("method.params.image_model = None: a generated CKA probe needs a text-to-image model")
-        prompts = [class_prompt(self.domain, self.class_names[k % len(self.class_names)]) for k in range(n)]
-        keys = [f"probe|{k}" for k in range(n)]
-        images = torch.cat([self._images(prompts[s:s + batch_size], keys[s:s + batch_size]) for s in range(0, n, batch_size)])
-        inputs = {self.image: images, self.text: self._tokens(prompts)}
-        return inputs, torch.ones(n, 2, dtype=torch.bool)
+        ks = [int(k) for k in rows]
+        prompts = [class_prompt(self.domain, self.class_names[k % len(self.class_names)]) for k in ks]
+        images = self._images(prompts, [f"probe|{k}" for k in ks])
+        return {f"x/{self.image}": images, f"x/{self.text}": self._tokens(prompts),
+                "present": torch.ones(len(ks), 2, dtype=torch.uint8)}
