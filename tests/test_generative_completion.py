@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmfl.data.image_text import load_tokenizer
-from mmfl.data.types import DataSpec, ModalitySpec
+from mmfl.data.dataset import DataSpec, ModalitySpec
 from mmfl.errors import ConfigError
 from mmfl.models.generative_completion import GenerativeCompletion
 from mmfl.models.generators import Captioner, TextToImage

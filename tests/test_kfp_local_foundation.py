@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow]
 
 
 
-@pytest.mark.parametrize("method,params", [("fedprime", {"pool_size": 4}), ("fedmvp", {"joint_dim": 16})])
+@pytest.mark.parametrize("method,params", [("fedprime", {"pool_size": 4}), ("fedmvp", {"joint_dim": 16, "completion": "feature"})])
 def test_foundation_method_runs_as_kfp_components(tmp_path, monkeypatch, method, params):
     from pipelines.experiment import build_experiment_pipeline
 

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mmfl.data.types import DataSpec
+from mmfl.data.dataset import DataSpec
 from mmfl.errors import ConfigError
 from mmfl.models.backbones import prepare_images
 from mmfl.models.generators import Captioner, TextToImage, class_prompt, sample_seeds, standardise_images

@@ -4,7 +4,7 @@ Frozen per-modality features f_m (from ``FrozenEncoders``, cached) are projected
 z_m = P_m(LayerNorm(f_m)). A missing modality m is completed in feature space by a learned
 translator from the mean of the sample's present tokens, z^_m = G_m(mean_{j present} z_j) (the
 offline completion; a generator that produces the missing raw modality can replace it, see
-``mmfl.models.completion``). A small transformer over [CLS, z_1..z_M] (+ modality embeddings)
+``mmfl.models.generative_completion``). A small transformer over [CLS, z_1..z_M] (+ modality embeddings)
 gives the joint representation h (its CLS output) and one contextual output token per modality;
 a linear head classifies h. ``to_frozen[n]`` maps a joint-space vector into modality n's frozen
 feature space, for the knowledge-transfer losses (``mmfl.models.transfer_losses``). The
@@ -80,35 +80,3 @@ class JointModel(nn.Module):
 
     def forward(self, feats: dict[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
         return self.head(self.joint(self.completed(self.tokens(feats), present)))
-
-
-def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Symmetric InfoNCE: row i of a should match row i of b against the other rows of the batch."""
-    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
-    logits = a @ b.T / temperature
-    target = torch.arange(a.shape[0], device=a.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-
-
-def mcm_loss(z: torch.Tensor, present: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Multimodal contrastive matching: tokens of two modalities of the same sample attract,
-    other samples' tokens repel (CLIP-style), over samples that have both modalities."""
-    losses = []
-    m = z.shape[1]
-    for i in range(m):
-        for j in range(i + 1, m):
-            both = present[:, i] & present[:, j]
-            if int(both.sum()) >= 2:
-                losses.append(info_nce(z[both, i], z[both, j], temperature))
-    return torch.stack(losses).mean() if losses else z.new_zeros(())
-
-
-def ram_loss(h: torch.Tensor, z: torch.Tensor, present: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Representation alignment: the joint representation of a sample matches each of its real
-    (present) unimodal tokens against other samples', so fusion keeps every modality's content."""
-    losses = []
-    for j in range(z.shape[1]):
-        ok = present[:, j]
-        if int(ok.sum()) >= 2:
-            losses.append(info_nce(h[ok], z[ok, j], temperature))
-    return torch.stack(losses).mean() if losses else h.new_zeros(())

@@ -62,3 +62,32 @@ def save_tiny_text_to_image(path: Path, seed: int = 0) -> str:
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(path)
     return str(path)
+
+
+def tiny_cub_fedmvp_runs(tmp_path: Path, rounds: int = 1, **params) -> tuple:
+    """(pipeline config, reference config) of FedMVP with generative completion on a tiny CUB-200 copy.
+
+    A tiny BLIP captioner and a tiny text-to-image pipeline are saved to ``tmp_path``; half of the
+    training samples miss their image or their text, so both generators run. Both configurations
+    train the same experiment into different local stores: ``pipe`` and ``ref``.
+    """
+    from mmfl.methods import parse_experiment
+    from tests.conftest import tiny_config_dict
+    from tests.helpers.captioned_fixtures import write_cub200
+    from tests.helpers.image_text_fixtures import TINY_BACKBONE
+
+    cub = write_cub200(tmp_path / "cub", per_class=8)
+    method = {"backbone": TINY_BACKBONE, "joint_dim": 16, "completion": "generative",
+              "caption_model": save_tiny_blip(tmp_path / "blip"), "image_model": save_tiny_text_to_image(tmp_path / "t2i"),
+              "caption_tokens": 4, "diffusion_steps": 2, "synthetic_samples": 12, **params}
+    raw = tiny_config_dict(
+        tmp_path,
+        data={"name": "cub200", "path": str(cub), "test_fraction": 0.25,
+              "image_text": {"image_size": 16, "max_text_len": 12}},
+        partition={"scheme": "iid", "num_clients": 2, "min_client_size": 4},
+        missing={"pattern": "mixed", "rate": 0.5},
+        method={"name": "fedmvp", "params": method},
+        train={"rounds": rounds, "local_epochs": 1, "batch_size": 8, "lr": 0.01},
+    )
+    return (parse_experiment({**raw, "storage": {"kind": "local", "root": str(tmp_path / "pipe")}}),
+            parse_experiment({**raw, "storage": {"kind": "local", "root": str(tmp_path / "ref")}}))
