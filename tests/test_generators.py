@@ -8,7 +8,7 @@ import torch
 from mmfl.errors import ConfigError
 from mmfl.io.store import LocalStore
 from mmfl.models.generators import Captioner, TextToImage, class_prompt, sample_seeds, standardise_images
-from tests.helpers.generative_fixtures import save_tiny_blip, save_tiny_text_to_image
+from tests.helpers.generative_fixtures import save_tiny_blip, save_tiny_blip2, save_tiny_text_to_image
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,16 @@ def test_blip_captions_start_with_class_prompt(blip_dir):
     assert all(len(o) > len(p) for o, p in zip(out, prompts))  # the decoder added words
     assert cap(images, prompts) == out  # greedy: deterministic
     assert cap(images[:1], prompts[:1]) == out[:1]  # grouped by prompt: batch mates do not matter
+
+
+def test_blip2_reads_the_image_through_query_tokens_before_the_prompt(tmp_path):
+    cap = Captioner(save_tiny_blip2(tmp_path / "blip2"), max_new_tokens=3)
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    prompts = [class_prompt("flower", "rose"), class_prompt("flower")]
+    out = cap(images, prompts)
+    assert [o.startswith(p) for o, p in zip(out, prompts)] == [True, True] and cap(images, prompts) == out
+    ids = cap._prompt_ids(prompts[0], 2)
+    assert ids.shape[0] == 2 and (ids[:, :4] == cap.model.config.image_token_index).all()
 
 
 def test_captioner_from_store_prefix(blip_dir, tmp_path, monkeypatch):

@@ -16,7 +16,8 @@ is fetched from a hub (``local_files_only``). They are frozen, deterministic (gr
 seeded noise generator per sample for diffusion) and memoised per process:
 
 - ``Captioner``: any transformers image-to-text model: BLIP / BLIP-2 class models through
-  ``AutoModelForImageTextToText`` (the prompt conditions the decoder), or a
+  ``AutoModelForImageTextToText`` (the prompt conditions the decoder; for BLIP-2 after the
+  image query tokens, as its processor lays them out), or a
   ``VisionEncoderDecoderModel`` (the prompt is prefixed to its caption);
 - ``TextToImage``: any ``diffusers`` text-to-image pipeline directory (``DiffusionPipeline``).
 
@@ -124,6 +125,21 @@ class Captioner:
     def conditions_on_prompt(self) -> bool:
         return self.model.config.model_type != "vision-encoder-decoder"
 
+    def _query_tokens(self) -> int:
+        """BLIP-2 class models read the image through query tokens placed in front of the prompt."""
+        return int(getattr(self.model.config, "num_query_tokens", 0) or 0)
+
+    def _prompt_ids(self, prompt: str, rows: int) -> torch.Tensor:
+        ids = torch.as_tensor(self.tokenizer(prompt)["input_ids"], dtype=torch.long)
+        n = self._query_tokens()
+        if n:
+            image_token = getattr(self.model.config, "image_token_index", None)
+            if image_token is None:
+                raise ConfigError(f"method.params.caption_model = {self.path!r}: a BLIP-2 class model without "
+                                  "image_token_index in its config (re-export it with a current transformers)")
+            ids = torch.cat([torch.full((n,), int(image_token), dtype=torch.long), ids])
+        return ids.unsqueeze(0).expand(rows, -1).contiguous()
+
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> list[str]:
         """One caption per image; each starts with its prompt (which also conditions BLIP-class
@@ -137,9 +153,9 @@ class Captioner:
         out: list[str] = [""] * len(prompts)
         for prompt, rows in groups.items():
             kwargs = dict(max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1)
-            if prompt and self.conditions_on_prompt():
-                ids = self.tokenizer([prompt] * len(rows), return_tensors="pt")
-                kwargs.update(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"])
+            if self.conditions_on_prompt() and (prompt or self._query_tokens()):
+                ids = self._prompt_ids(prompt, len(rows))
+                kwargs.update(input_ids=ids, attention_mask=torch.ones_like(ids))
             gen = self.model.generate(pixel_values=px[rows], **kwargs)
             for r, text in zip(rows, self.tokenizer.batch_decode(gen, skip_special_tokens=True)):
                 out[r] = _with_prompt(prompt, text)

@@ -91,3 +91,25 @@ def tiny_cub_fedmvp_runs(tmp_path: Path, rounds: int = 1, **params) -> tuple:
     )
     return (parse_experiment({**raw, "storage": {"kind": "local", "root": str(tmp_path / "pipe")}}),
             parse_experiment({**raw, "storage": {"kind": "local", "root": str(tmp_path / "ref")}}))
+
+
+def save_tiny_blip2(path: Path, image_size: int = 16, seed: int = 0) -> str:
+    """A ``Blip2ForConditionalGeneration`` (vision tower, Q-Former, OPT decoder) from tiny configs."""
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, OPTConfig
+
+    tok = load_tokenizer(None)
+    text = OPTConfig(vocab_size=tok.vocab_size, hidden_size=16, ffn_dim=32, num_hidden_layers=1, num_attention_heads=2,
+                     word_embed_proj_dim=16, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
+                     bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id)
+    config = Blip2Config(
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=image_size, patch_size=8),
+        qformer_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                            encoder_hidden_size=16, vocab_size=tok.vocab_size),
+        text_config=text.to_dict(), num_query_tokens=4, image_token_index=tok.convert_tokens_to_ids("[unused0]"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Blip2ForConditionalGeneration(config).eval()
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
