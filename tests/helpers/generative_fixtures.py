@@ -1,7 +1,8 @@
 """Tiny random-config generative models saved with ``save_pretrained``, like checkpoint directories.
 
-- ``save_tiny_blip``: a ``BlipForConditionalGeneration`` (BLIP-class image-to-text) with the BERT
-  uncased tokenizer of the MiniLM package;
+- ``save_tiny_blip`` / ``save_tiny_blip2``: a ``BlipForConditionalGeneration`` (BLIP) or a
+  ``Blip2ForConditionalGeneration`` (BLIP-2: Q-Former + OPT decoder) image-to-text model with the
+  BERT uncased tokenizer of the MiniLM package;
 - ``save_tiny_text_to_image``: a diffusers ``StableDiffusionPipeline`` built from tiny UNet, VAE and
   CLIP-text configurations (16x16 images), DDIM scheduler, no safety checker.
 
@@ -17,6 +18,16 @@ import torch
 from mmfl.data.image_text import load_tokenizer
 
 
+def _save_seeded(path: Path, build, tokenizer, seed: int) -> str:
+    """Build a model with a fixed seed and save it with its tokenizer, like a checkpoint directory."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build().eval()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 def save_tiny_blip(path: Path, image_size: int = 16, seed: int = 0) -> str:
     from transformers import BlipConfig, BlipForConditionalGeneration
 
@@ -30,12 +41,7 @@ def save_tiny_blip(path: Path, image_size: int = 16, seed: int = 0) -> str:
                            image_size=image_size, patch_size=8),
         projection_dim=16,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = BlipForConditionalGeneration(config).eval()
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+    return _save_seeded(path, lambda: BlipForConditionalGeneration(config), tok, seed)
 
 
 def save_tiny_text_to_image(path: Path, seed: int = 0) -> str:
@@ -107,9 +113,4 @@ def save_tiny_blip2(path: Path, image_size: int = 16, seed: int = 0) -> str:
         qformer_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                             encoder_hidden_size=16, vocab_size=tok.vocab_size),
         text_config=text.to_dict(), num_query_tokens=4, image_token_index=tok.convert_tokens_to_ids("[unused0]"))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Blip2ForConditionalGeneration(config).eval()
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+    return _save_seeded(path, lambda: Blip2ForConditionalGeneration(config), tok, seed)
