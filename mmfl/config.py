@@ -50,7 +50,7 @@ class SyntheticConfig(_Strict):
 
 
 class ImageTextConfig(_Strict):
-    """Options of the image+text datasets (food101, mmimdb, mfeat_text)."""
+    """Options of the image+text datasets (food101, mmimdb, mfeat_text, cub200, flowers102)."""
 
     image_size: int = Field(32, ge=8, le=1024, description="Images are resized to image_size x image_size at load")
     max_text_len: int = Field(40, ge=4, le=512, description="Token ids per text (padded/truncated)")
@@ -58,10 +58,12 @@ class ImageTextConfig(_Strict):
     top_classes: int | None = Field(None, ge=2, description="Keep only the N most frequent classes (FED-PRIME: 8)")
     max_per_class: int | None = Field(None, ge=1, description="Keep at most this many samples per class (in file order)")
     text_view: str = Field("mor", description="mfeat_text: the mfeat view rendered into the synthetic sentences")
+    caption_index: int | None = Field(None, ge=0, le=9, description="cub200/flowers102: which of the ten captions per "
+                                      "image is the text; None = one drawn per image with data.split_seed")
 
 
 class DataConfig(_Strict):
-    name: Literal["mfeat", "basicmotions", "synthetic", "food101", "mmimdb", "mfeat_text"] = "mfeat"
+    name: Literal["mfeat", "basicmotions", "synthetic", "food101", "mmimdb", "mfeat_text", "cub200", "flowers102"] = "mfeat"
     modalities: list[str] | None = Field(
         None, description="Which views/modalities to use, in order; None = the dataset's default pair"
     )

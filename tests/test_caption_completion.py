@@ -8,7 +8,8 @@ import torch
 from mmfl.data.image_text import load_tokenizer
 from mmfl.data.dataset import DataSpec, ModalitySpec
 from mmfl.engine import steps
-from mmfl.models.completion import CaptionCompletion
+from mmfl.models.generative_completion import GenerativeCompletion
+from mmfl.models.generators import Captioner
 from mmfl.methods import parse_experiment
 from tests.conftest import tiny_config_dict
 from tests.helpers.image_text_fixtures import write_food101
@@ -38,19 +39,23 @@ def captioner_dir(tmp_path_factory):
 
 
 def test_captions_fill_missing_text_only(captioner_dir):
-    spec = DataSpec((ModalitySpec("image", (3, 16, 16), "image"), ModalitySpec("text", (10,), "tokens")), 2)
-    gen = CaptionCompletion(spec, captioner_dir, load_tokenizer(None), max_new_tokens=6)
-    ids = torch.zeros(4, 10, dtype=torch.long)
+    """A vision-encoder-decoder captioner takes no prompt: the class prompt is prefixed to its caption."""
+    spec = DataSpec((ModalitySpec("image", (3, 16, 16), "image"), ModalitySpec("text", (16,), "tokens")), 2)
+    tok = load_tokenizer(None)
+    gen = GenerativeCompletion(spec, tok, ["apple pie", "ramen"], "food", Captioner(captioner_dir, max_new_tokens=6),
+                               None, seed=0)
+    ids = torch.zeros(4, 16, dtype=torch.long)
     ids[0, :3] = torch.tensor([101, 2000, 102])
     present = torch.tensor([[True, True], [True, False], [True, False], [False, True]])
     inputs = {"image": torch.rand(4, 3, 16, 16), "text": ids}
-    out = gen.generate(inputs, present)
-    assert torch.equal(out["ids"][0], ids[0]) and torch.equal(out["ids"][3], ids[3])  # present texts untouched
-    for row in (1, 2):
-        assert out["ids"][row, 0] == 101 and (out["ids"][row] != 0).sum() >= 2  # a tokenised caption
+    out = gen.complete(inputs, present, labels=torch.tensor([0, 1, 0, 1]))
+    assert torch.equal(out["x/text"][0], ids[0]) and torch.equal(out["x/text"][3], ids[3])  # present texts untouched
+    texts = tok.batch_decode(out["x/text"], skip_special_tokens=True)
+    assert texts[1].startswith("a photo of ramen, a kind of food") and texts[2].startswith("a photo of apple pie")
     assert out["present"].bool().tolist() == [[True, True], [True, True], [True, True], [False, True]]
-    again = gen.generate(inputs, present)
-    assert torch.equal(again["ids"], out["ids"])  # greedy: deterministic, safe to cache
+    assert torch.equal(out["x/image"][3], inputs["image"][3])  # no text-to-image model: the image stays missing
+    again = gen.complete(inputs, present, labels=torch.tensor([0, 1, 0, 1]))
+    assert torch.equal(again["x/text"], out["x/text"])  # greedy: deterministic, safe to cache
 
 
 def test_fedmvp_trains_with_caption_completion(tmp_path, captioner_dir):

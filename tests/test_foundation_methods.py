@@ -132,13 +132,13 @@ def test_fedprime_resume_is_identical(tmp_path, food_dir):
 
 
 def test_fedmvp_clip_trains_with_cka_weights(tmp_path, food_dir):
-    cfg = food_cfg(tmp_path, food_dir, "fedmvp", {"joint_dim": 16, "synthetic_samples": 32},
+    cfg = food_cfg(tmp_path, food_dir, "fedmvp", {"joint_dim": 16, "synthetic_samples": 32, "completion": "feature"},
                    missing={"pattern": "mixed", "rate": 0.5})
     result = run_experiment(cfg, progress=False)
     _history_ok(result, 2)
     state = LocalStore(cfg.storage.root).get_state(f"{cfg.experiment_id()}/rounds/00002")
     assert all(k.startswith(("model/proj", "model/complete", "model/encoder", "model/head", "model/cls",
-                             "model/modality_embed")) for k in state.tensors)
+                             "model/modality_embed", "model/to_frozen")) for k in state.tensors)
     joint_bytes = sum(v.numel() * v.element_size() for k, v in state.tensors.items() if k.startswith("model/"))
     assert state.meta["communication"][-1]["bytes_up"] == 3 * joint_bytes
     for entry in state.meta["cka_weights"]:
@@ -147,7 +147,7 @@ def test_fedmvp_clip_trains_with_cka_weights(tmp_path, food_dir):
 
 def test_fedmvp_on_precomputed_features_and_losses_reported(tmp_path):
     """Vector modalities pass through as already-encoded features (no CLIP needed)."""
-    cfg = parse_experiment(tiny_config_dict(tmp_path, method={"name": "fedmvp", "params": {"joint_dim": 16}},
+    cfg = parse_experiment(tiny_config_dict(tmp_path, method={"name": "fedmvp", "params": {"joint_dim": 16, "completion": "feature"}},
                                         train={"rounds": 2, "local_epochs": 2, "batch_size": 16, "lr": 0.01}))
     data = steps.prepare_data(cfg)
     state = steps.init_state(cfg, data.spec)
@@ -166,8 +166,15 @@ def test_bad_method_params_are_reported(tmp_path, food_dir):
     with pytest.raises(ConfigError, match="top_k"):
         cfg = food_cfg(tmp_path, food_dir, "fedprime", {"pool_size": 2, "top_k": 3})
         steps.init_state(cfg, steps.prepare_data(cfg).spec)
-    with pytest.raises(ConfigError, match="text_to_image"):
+    with pytest.raises(ConfigError, match="image_model = None: completion 'text_to_image'"):
         cfg = food_cfg(tmp_path, food_dir, "fedmvp", {"completion": "text_to_image"})
+        steps.init_state(cfg, steps.prepare_data(cfg).spec)
+    with pytest.raises(ConfigError, match="caption_model = None: completion 'generative'"):  # the paper's default
+        cfg = food_cfg(tmp_path, food_dir, "fedmvp", {})
+        steps.init_state(cfg, steps.prepare_data(cfg).spec)
+    with pytest.raises(ConfigError, match="one image and one token-id text"):
+        cfg = parse_experiment(tiny_config_dict(tmp_path, method={"name": "fedmvp",
+                                                                  "params": {"caption_model": "x", "image_model": "y"}}))
         steps.init_state(cfg, steps.prepare_data(cfg).spec)
     with pytest.raises(ConfigError, match="image and one text"):
         cfg = parse_experiment(tiny_config_dict(tmp_path, method={"name": "fedprime"}))

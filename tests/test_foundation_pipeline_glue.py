@@ -18,7 +18,7 @@ from tests import test_kfp_segments as segments
 
 
 @pytest.mark.parametrize("method,params", [("fedprime", {"pool_size": 4}), ("fedavg_prompts", {}),
-                                           ("fedmvp", {"joint_dim": 16})])
+                                           ("fedmvp", {"joint_dim": 16, "completion": "feature"})])
 def test_foundation_method_through_pipeline_glue(tmp_path, method, params):
     cfg, ref = tiny_food101_runs(tmp_path, method, params, rounds=2)
     run_experiment(ref, progress=False)

@@ -13,7 +13,17 @@ from mmfl.methods.base import Method
 from tests.conftest import tiny_config_dict
 from tests.helpers.image_text_fixtures import TINY_BACKBONE, write_food101
 
-FOUNDATION = {"fedprime": {"pool_size": 4, "top_k": 2}, "fedavg_prompts": {}, "fedmvp": {"joint_dim": 16}}
+FOUNDATION = {"fedprime": {"pool_size": 4, "top_k": 2}, "fedavg_prompts": {},
+              "fedmvp": {"joint_dim": 16, "caption_tokens": 3, "diffusion_steps": 2, "synthetic_samples": 8}}
+
+
+def _generators(tmp_path, name) -> dict:
+    """FedMVP's default (generative) completion needs its two generators: tiny ones saved to disk."""
+    if name != "fedmvp":
+        return {}
+    from tests.helpers.generative_fixtures import save_tiny_blip, save_tiny_text_to_image
+
+    return {"caption_model": save_tiny_blip(tmp_path / "blip"), "image_model": save_tiny_text_to_image(tmp_path / "t2i")}
 
 
 def _config(tmp_path, name):
@@ -22,7 +32,8 @@ def _config(tmp_path, name):
         raw = tiny_config_dict(
             tmp_path, data={"name": "food101", "path": str(food), "image_text": {"image_size": 16, "max_text_len": 12}},
             partition={"scheme": "iid", "num_clients": 2, "min_client_size": 4},
-            method={"name": name, "params": {"backbone": TINY_BACKBONE, "feature_cache": "memory", **FOUNDATION[name]}},
+            method={"name": name, "params": {"backbone": TINY_BACKBONE, "feature_cache": "memory", **FOUNDATION[name],
+                                                 **_generators(tmp_path, name)}},
             train={"rounds": 1, "local_epochs": 1, "batch_size": 8, "lr": 0.01})
     else:
         raw = tiny_config_dict(tmp_path, method={"name": name}, train={"rounds": 1, "batch_size": 32})

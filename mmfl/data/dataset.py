@@ -29,21 +29,27 @@ class ModalitySpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """What a model needs to know about the data: modalities in order and the number of classes."""
+    """What a model needs to know about the data: modalities in order, the number of classes and,
+    where the dataset names them, the class names in label order (for class-name prompts)."""
 
     modalities: tuple[ModalitySpec, ...]
     num_classes: int
+    class_names: tuple[str, ...] = ()
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(m.name for m in self.modalities)
 
     def to_json(self) -> dict:
-        return {"modalities": [m.to_json() for m in self.modalities], "num_classes": self.num_classes}
+        out = {"modalities": [m.to_json() for m in self.modalities], "num_classes": self.num_classes}
+        if self.class_names:
+            out["class_names"] = list(self.class_names)
+        return out
 
     @staticmethod
     def from_json(d: dict) -> "DataSpec":
-        return DataSpec(tuple(ModalitySpec.from_json(m) for m in d["modalities"]), int(d["num_classes"]))
+        return DataSpec(tuple(ModalitySpec.from_json(m) for m in d["modalities"]), int(d["num_classes"]),
+                        tuple(str(c) for c in d.get("class_names", ())))
 
 
 @dataclass
@@ -113,3 +119,4 @@ class RawData:
     arrays: dict[str, np.ndarray]
     labels: np.ndarray  # int64 in [0, num_classes)
     num_classes: int
+    class_names: list[str] | None = None  # in label order, where the dataset has names

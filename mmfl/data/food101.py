@@ -56,4 +56,5 @@ def load_food101(cfg: DataConfig) -> RawData:
     s = opts.image_size
     specs = [ModalitySpec("image", (3, s, s), "image"), ModalitySpec("text", (opts.max_text_len,), "tokens")]
     arrays = {"image": np.stack(images), "text": tokenize(texts, opts)}
-    return RawData(specs, arrays, np.asarray(labels, dtype=np.int64), len(classes))
+    return RawData(specs, arrays, np.asarray(labels, dtype=np.int64), len(classes),
+                   class_names=[c.replace("_", " ") for c in classes])

@@ -25,8 +25,21 @@ def _load_mfeat_text(cfg: DataConfig) -> RawData:
     return load_mfeat_text(cfg)
 
 
+def _load_cub200(cfg: DataConfig) -> RawData:
+    from mmfl.data.captioned import load_cub200
+
+    return load_cub200(cfg)
+
+
+def _load_flowers102(cfg: DataConfig) -> RawData:
+    from mmfl.data.captioned import load_flowers102
+
+    return load_flowers102(cfg)
+
+
 LOADERS = {"mfeat": load_mfeat, "basicmotions": load_basicmotions, "synthetic": load_synthetic,
-           "food101": _load_food101, "mmimdb": _load_mmimdb, "mfeat_text": _load_mfeat_text}
+           "food101": _load_food101, "mmimdb": _load_mmimdb, "mfeat_text": _load_mfeat_text,
+           "cub200": _load_cub200, "flowers102": _load_flowers102}
 
 
 def load_raw(cfg: DataConfig) -> RawData:

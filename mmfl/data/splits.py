@@ -25,7 +25,7 @@ def load_dataset(cfg: DataConfig) -> tuple[MultimodalDataset, MultimodalDataset]
     )
     train_idx.sort()
     test_idx.sort()
-    spec = DataSpec(tuple(raw.specs), raw.num_classes)
+    spec = DataSpec(tuple(raw.specs), raw.num_classes, tuple(raw.class_names or ()))
     train_inputs, test_inputs = {}, {}
     for m in raw.specs:
         x = raw.arrays[m.name]

@@ -4,8 +4,11 @@ Frozen per-modality features f_m (from ``FrozenEncoders``, cached) are projected
 z_m = P_m(LayerNorm(f_m)). A missing modality m is completed in feature space by a learned
 translator from the mean of the sample's present tokens, z^_m = G_m(mean_{j present} z_j) (the
 offline completion; a generator that produces the missing raw modality can replace it, see
-``mmfl.models.completion``). A small transformer over [CLS, z_1..z_M] (+ modality embeddings)
-gives the joint representation h; a linear head classifies it.
+``mmfl.models.generative_completion``). A small transformer over [CLS, z_1..z_M] (+ modality embeddings)
+gives the joint representation h (its CLS output) and one contextual output token per modality;
+a linear head classifies h. ``to_frozen[n]`` maps a joint-space vector into modality n's frozen
+feature space, for the knowledge-transfer losses (``mmfl.models.transfer_losses``). The
+translators exist only where a modality can still be missing after completion (``translator``).
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ from torch.nn import functional as F
 
 class JointModel(nn.Module):
     def __init__(self, names: tuple[str, ...], feature_dims: dict[str, int], num_classes: int,
-                 dim: int = 64, layers: int = 1, heads: int = 2):
+                 dim: int = 64, layers: int = 1, heads: int = 2, translator: bool = True):
         super().__init__()
         self.names = tuple(names)
         self.proj = nn.ModuleDict({n: nn.Sequential(nn.LayerNorm(feature_dims[n]), nn.Linear(feature_dims[n], dim))
                                    for n in self.names})
         self.complete = nn.ModuleDict({n: nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
-                                       for n in self.names})
+                                       for n in self.names}) if translator else None
+        self.to_frozen = nn.ModuleDict({n: nn.Linear(dim, feature_dims[n]) for n in self.names})
         self.modality_embed = nn.Parameter(torch.zeros(len(self.names), dim))
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
         layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True)
@@ -36,6 +40,10 @@ class JointModel(nn.Module):
 
     def completed(self, z: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """Tokens of absent modalities replaced by their translation from the present ones."""
+        if self.complete is None:
+            if not bool(present.all()):
+                raise ValueError("a modality is missing but this joint model has no translator (generative completion)")
+            return z
         w = present.float().unsqueeze(-1)
         context = (z * w).sum(1) / w.sum(1).clamp_min(1.0)  # (B, dim)
         guess = torch.stack([self.complete[n](context) for n in self.names], dim=1)
@@ -43,6 +51,8 @@ class JointModel(nn.Module):
 
     def completion_loss(self, z: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """Train each translator on samples where its modality and another one are present."""
+        if self.complete is None:
+            return z.new_zeros(())
         losses = []
         w = present.float().unsqueeze(-1)
         for j, n in enumerate(self.names):
@@ -55,41 +65,18 @@ class JointModel(nn.Module):
                 losses.append(1 - F.cosine_similarity(self.complete[n](context), target, dim=-1).mean())
         return torch.stack(losses).mean() if losses else z.new_zeros(())
 
-    def joint(self, tokens: torch.Tensor) -> torch.Tensor:
+    def encode(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(joint representation (B, dim), contextual output tokens (B, M, dim))."""
         x = torch.cat([self.cls.expand(tokens.shape[0], -1, -1), tokens + self.modality_embed], dim=1)
-        return self.encoder(x)[:, 0]
+        out = self.encoder(x)
+        return out[:, 0], out[:, 1:]
+
+    def joint(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.encode(tokens)[0]
+
+    def project(self, j: int, x: torch.Tensor) -> torch.Tensor:
+        """Joint-space vectors into the frozen feature space of modality j."""
+        return self.to_frozen[self.names[j]](x)
 
     def forward(self, feats: dict[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
         return self.head(self.joint(self.completed(self.tokens(feats), present)))
-
-
-def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Symmetric InfoNCE: row i of a should match row i of b against the other rows of the batch."""
-    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
-    logits = a @ b.T / temperature
-    target = torch.arange(a.shape[0], device=a.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-
-
-def mcm_loss(z: torch.Tensor, present: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Multimodal contrastive matching: tokens of two modalities of the same sample attract,
-    other samples' tokens repel (CLIP-style), over samples that have both modalities."""
-    losses = []
-    m = z.shape[1]
-    for i in range(m):
-        for j in range(i + 1, m):
-            both = present[:, i] & present[:, j]
-            if int(both.sum()) >= 2:
-                losses.append(info_nce(z[both, i], z[both, j], temperature))
-    return torch.stack(losses).mean() if losses else z.new_zeros(())
-
-
-def ram_loss(h: torch.Tensor, z: torch.Tensor, present: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Representation alignment: the joint representation of a sample matches each of its real
-    (present) unimodal tokens against other samples', so fusion keeps every modality's content."""
-    losses = []
-    for j in range(z.shape[1]):
-        ok = present[:, j]
-        if int(ok.sum()) >= 2:
-            losses.append(info_nce(h[ok], z[ok, j], temperature))
-    return torch.stack(losses).mean() if losses else h.new_zeros(())
