@@ -52,7 +52,7 @@ def test_quickstart_config_runs_on_real_mfeat_data(tmp_path):
                       ["train.rounds=5", "tracking.enabled=false", f"storage.root={tmp_path / 'store'}"])
     result = run_experiment(cfg, progress=False)
     assert result.rounds_done == 5
-    assert set(result.final) == {"full", "only:pix", "only:fou"}
+    assert set(result.final) == {"full", "~train", "only:fou", "only:kar"}
     assert result.final["full"]["acc"] > 0.2  # five rounds already beat chance (0.1) on 10 digits
 
 
