@@ -150,3 +150,32 @@ def test_metric_names_round_trip():
         key = metric_key("acc", p)
         assert "@" not in key and "~" not in key
         assert pattern_of_metric(key.split("/", 1)[1]) == p
+
+
+def test_evaluate_scores_only_the_samples_a_drawn_pattern_keeps(tmp_path):
+    from torchmetrics.functional.classification import multiclass_accuracy
+
+    from mmfl.config import parse_config
+    from mmfl.data import build_federated_data
+    from mmfl.engine import steps
+    from mmfl.methods import get_method
+    from mmfl.methods.base import Context
+    from tests.conftest import tiny_config_dict
+
+    cfg = parse_config(tiny_config_dict(tmp_path, missing={"pattern": "independent", "rate": 0.5, "drop_all_missing": True},
+                                        eval={"patterns": ["~train", "mixed@0.5"]}))
+    data = build_federated_data(cfg)
+    method = get_method("fedavg")
+    state = method.init_state(data.spec, cfg)
+    got = steps.evaluate(cfg, state, data.test)
+    model = method.load_model(state.model_weights(), Context(cfg, data.spec, 0))
+    model.eval()
+    for pattern in ("~train", "mixed@0.5"):
+        present = pattern_presence(pattern, data.spec.names, len(data.test), cfg.missing, cfg.seed)
+        keep = present.any(dim=1)
+        assert (pattern == "~train") == bool((~keep).any())  # only ~train (with the drop) leaves samples out
+        sub = data.test.subset(torch.nonzero(keep).flatten()).with_present(present[keep])
+        with torch.no_grad():
+            pred = model(sub.inputs, sub.present).argmax(dim=1)
+        expected = float(multiclass_accuracy(pred, sub.labels, num_classes=data.spec.num_classes, average="micro"))
+        assert got[pattern]["acc"] == pytest.approx(expected)
