@@ -144,7 +144,8 @@ def test_test_patterns_grammar_and_masks():
 
 
 def test_metric_names_round_trip():
-    from mmfl.report import metric_key, pattern_of_metric
+    from mmfl.config import pattern_of_metric
+    from mmfl.results import metric_key
 
     for p in ("full", "only:img", "~train", "mixed@0.7", "missing:txt@0.3", "independent@0.5", "only:my_mod"):
         key = metric_key("acc", p)
@@ -155,14 +156,13 @@ def test_metric_names_round_trip():
 def test_evaluate_scores_only_the_samples_a_drawn_pattern_keeps(tmp_path):
     from torchmetrics.functional.classification import multiclass_accuracy
 
-    from mmfl.config import parse_config
     from mmfl.data import build_federated_data
     from mmfl.engine import steps
-    from mmfl.methods import get_method
+    from mmfl.methods import get_method, parse_experiment
     from mmfl.methods.base import Context
     from tests.conftest import tiny_config_dict
 
-    cfg = parse_config(tiny_config_dict(tmp_path, missing={"pattern": "independent", "rate": 0.5, "drop_all_missing": True},
+    cfg = parse_experiment(tiny_config_dict(tmp_path, missing={"pattern": "independent", "rate": 0.5, "drop_all_missing": True},
                                         eval={"patterns": ["~train", "mixed@0.5"]}))
     data = build_federated_data(cfg)
     method = get_method("fedavg")

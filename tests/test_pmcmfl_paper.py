@@ -12,7 +12,7 @@ import torch
 from mmfl.data import build_federated_data
 from mmfl.errors import ConfigError
 from mmfl.methods import get_method, parse_experiment
-from mmfl.methods.base import Context
+from mmfl.methods.base import Context, LocalData
 from mmfl.methods.pmcmfl import PmcmFLParams, match_scores, retrieval_masks
 from mmfl.methods.pmcmfl_losses import batch_prototype_contrast, paper_contrast_terms
 from mmfl.methods.prototypes import compute_prototypes
@@ -162,7 +162,8 @@ def test_contrast_starts_in_round_two(tmp_path):
         ctx = Context(cfg, data.spec, r)
         model = method.load_model(state.model_weights(), ctx)
         torch.manual_seed(0)
-        losses[r] = method.local_loss(model, shard.inputs, shard.present, shard.labels, state, ctx).item()
+        batch = LocalData(dict(shard.inputs), shard.present, shard.labels).take(torch.arange(len(shard)), "cpu")
+        losses[r] = method.batch_loss(model, batch, state, ctx).item()
     model = method.load_model(state.model_weights(), Context(cfg, data.spec, 1))
     from mmfl.methods.pmcmfl import label_masks
     from mmfl.methods.prototypes import library
