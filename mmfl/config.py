@@ -101,13 +101,15 @@ class MissingConfig(_Strict):
         0.0, ge=0, le=1, description="Per-client rate drawn uniformly from rate +- spread (inter-client heterogeneity)"
     )
     drop_all_missing: bool = Field(
-        False, description="independent: drop samples that miss every modality (instead of restoring one)")
+        False, description=("drop samples that miss every modality instead of restoring one; only pattern "
+                            "independent can leave a sample without modalities, the others are unaffected"))
 
     def label(self) -> str:
         """The training missing setting as tables and run tags name it, e.g. ``mixed@0.50``, ``independent@0.50+drop``."""
         if self.pattern == "full":
             return "full"
-        return f"{self.pattern}@{float(self.rate):.2f}{'+drop' if self.drop_all_missing else ''}"
+        drop = "+drop" if self.drop_all_missing and self.pattern == "independent" else ""
+        return f"{self.pattern}@{float(self.rate):.2f}{drop}"
 
     @field_validator("pattern")
     @classmethod
@@ -139,8 +141,6 @@ class MissingConfig(_Strict):
         if self.rates is not None and self.pattern != "independent":
             raise ValueError(f"rates applies only to pattern: independent (pattern is {self.pattern!r}); "
                              "remove rates or set pattern: independent")
-        if self.drop_all_missing and self.pattern != "independent":
-            raise ValueError(f"drop_all_missing applies only to pattern: independent (pattern is {self.pattern!r})")
         return self
 
 

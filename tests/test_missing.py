@@ -106,8 +106,10 @@ def test_drop_all_missing_keeps_empty_rows_and_the_shards_lose_them(tmp_path):
         kept = torch.from_numpy(mask.any(axis=1))
         assert len(b) == int(kept.sum()) < len(a)
         assert torch.equal(b.labels, a.labels[kept]) and torch.equal(b.present, torch.from_numpy(mask[mask.any(axis=1)]))
-    with pytest.raises(ValueError, match="drop_all_missing applies only to pattern: independent"):
-        MissingConfig(pattern="mixed", drop_all_missing=True)
+    # the other patterns never leave a sample without modalities: the option changes nothing there
+    mixed = MissingConfig(pattern="mixed", rate=0.5, drop_all_missing=True)
+    assert np.array_equal(sample_presence(50, NAMES, mixed, 0.5, np.random.default_rng(1)),
+                          sample_presence(50, NAMES, MissingConfig(pattern="mixed", rate=0.5), 0.5, np.random.default_rng(1)))
 
 
 def test_test_patterns_grammar_and_masks():
