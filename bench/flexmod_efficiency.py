@@ -41,6 +41,8 @@ def config(args, method: str, seed: int, root: str):
         f"method.name={method}", f"seed={seed}", f"train.rounds={rounds}", "eval.every=1", "eval.patterns=[full]",
         f"data.modalities=[{','.join(args.modalities)}]", "missing.pattern=mixed", f"missing.rate={args.rate}",
         f"partition.num_clients={args.clients}", "tracking.enabled=false", f"storage.root={root}",
+        # the federation this benchmark was measured with (the quickstart now holds the PmcmFL protocol)
+        "partition.alpha=0.5", "train.clients_per_round=1.0", "train.local_epochs=2",
         *[f"method.params.{kv}" for kv in (args.flexmod_param if method == "flexmod" else [])],
     ])
 

@@ -89,7 +89,8 @@ class MissingConfig(_Strict):
       - ``missing:<m>``: a fraction ``rate`` of each client's samples miss modality m.
       - ``mixed``: a fraction ``rate`` of samples miss exactly one modality, chosen uniformly.
       - ``independent``: each modality m is missing with probability ``rates[m]`` (default
-        ``rate``) independently; a sample that would lose all modalities keeps one at random.
+        ``rate``) independently; a sample that would lose all modalities keeps one at random, or
+        is dropped from the client's data with ``drop_all_missing`` (as the PmcmFL code does).
     """
 
     pattern: str = "mixed"
@@ -99,10 +100,16 @@ class MissingConfig(_Strict):
     client_rate_spread: float = Field(
         0.0, ge=0, le=1, description="Per-client rate drawn uniformly from rate +- spread (inter-client heterogeneity)"
     )
+    drop_all_missing: bool = Field(
+        False, description=("drop samples that miss every modality instead of restoring one; only pattern "
+                            "independent can leave a sample without modalities, the others are unaffected"))
 
     def label(self) -> str:
-        """The training missing setting as tables and run tags name it, e.g. ``mixed@0.50``."""
-        return "full" if self.pattern == "full" else f"{self.pattern}@{float(self.rate):.2f}"
+        """The training missing setting as tables and run tags name it, e.g. ``mixed@0.50``, ``independent@0.50+drop``."""
+        if self.pattern == "full":
+            return "full"
+        drop = "+drop" if self.drop_all_missing and self.pattern == "independent" else ""
+        return f"{self.pattern}@{float(self.rate):.2f}{drop}"
 
     @field_validator("pattern")
     @classmethod
@@ -190,10 +197,61 @@ class TrainConfig(_Strict):
         return v
 
 
+_TEST_PATTERN_HELP = "use full, only:<m>, ~train, mixed@<rate>, missing:<m>@<rate> or independent@<rate>"
+
+
+def parse_test_pattern(pattern: str) -> tuple[str, str | None, float | None]:
+    """(kind, modality, rate) of a test pattern; ValueError (naming the pattern) when malformed.
+
+    ``full``; ``only:<m>`` (every test sample has only m); ``~train`` (test samples miss
+    modalities as the training data do); ``mixed@r``, ``missing:<m>@r``, ``independent@r`` (the
+    training pattern of that name at rate r applied to the test set).
+    """
+    if pattern in ("full", "~train"):
+        return pattern, None, None
+    if pattern.startswith("only:") and len(pattern) > 5:
+        return "only", pattern[5:], None
+    head, at, tail = pattern.rpartition("@")
+    if at:
+        try:
+            rate = float(tail)
+        except ValueError:
+            rate = -1.0
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"test pattern {pattern!r}: the rate after @ must be a number in [0, 1]")
+        if head in ("mixed", "independent"):
+            return head, None, rate
+        if head.startswith("missing:") and len(head) > 8:
+            return "missing", head[8:], rate
+    raise ValueError(f"unknown test pattern {pattern!r}; {_TEST_PATTERN_HELP}")
+
+
+def pattern_metric_name(pattern: str) -> str:
+    """The test pattern as an MLflow metric name part: ``mixed@0.5`` -> ``mixed_0.5``, ``~train`` -> ``train_dist``.
+
+    MLflow names allow neither ``@`` nor ``~``; ``pattern_of_metric`` reads the pattern back.
+    """
+    return "train_dist" if pattern == "~train" else pattern.replace("@", "_")
+
+
+def pattern_of_metric(name: str) -> str:
+    """The test pattern a ``pattern_metric_name`` stands for (its inverse)."""
+    if name == "train_dist":
+        return "~train"
+    head, sep, tail = name.rpartition("_")
+    if sep and head.split(":")[0] in ("mixed", "independent", "missing"):
+        try:
+            float(tail)
+        except ValueError:
+            return name
+        return f"{head}@{tail}"
+    return name
+
+
 class EvalConfig(_Strict):
     every: int = Field(5, ge=1, description="Evaluate every K rounds (and always after the last round)")
     patterns: list[str] | Literal["auto"] = Field(
-        "auto", description="Test patterns: full, only:<m>; auto = full + each modality alone"
+        "auto", description=f"Test patterns ({_TEST_PATTERN_HELP}); auto = full + each modality alone"
     )
 
     @field_validator("patterns")
@@ -201,8 +259,7 @@ class EvalConfig(_Strict):
     def _patterns(cls, v: list[str] | str) -> list[str] | str:
         if isinstance(v, list):
             for p in v:
-                if p != "full" and not (p.startswith("only:") and len(p) > 5):
-                    raise ValueError(f"unknown test pattern {p!r}; use full or only:<modality>")
+                parse_test_pattern(p)
         return v
 
 

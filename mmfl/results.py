@@ -6,11 +6,12 @@ from typing import Any
 
 from rich.table import Table
 
-from mmfl.config import ExperimentConfig
+from mmfl.config import ExperimentConfig, pattern_metric_name
 
 
 def metric_key(kind: str, pattern: str) -> str:
-    return f"{kind}/{pattern}"
+    """MLflow metric name of a test pattern's metric, e.g. ``acc/mixed_0.5`` (see ``config.pattern_metric_name``)."""
+    return f"{kind}/{pattern_metric_name(pattern)}"
 
 
 def result_row(cfg: ExperimentConfig, round_index: int, results: dict[str, dict[str, float]] | None) -> dict[str, Any]:

@@ -19,16 +19,21 @@ def _mmfl(args, cwd):
 
 
 def test_run_methods_then_report_reads_the_sqlite_store(tmp_path):
-    cfg = tiny_config_dict(tmp_path, tracking={"enabled": True, "experiment": "cli-test"}, train={"rounds": 2})
+    cfg = tiny_config_dict(tmp_path, tracking={"enabled": True, "experiment": "cli-test"}, train={"rounds": 2},
+                           eval={"every": 1, "patterns": ["full", "~train", "mixed@0.5", "only:a"]})
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
     run = _mmfl(["run", "exp.yaml", "--method", "fedavg", "--method", "zerofill", "--no-progress"], tmp_path)
     assert run.returncode == 0, run.stderr
     assert "Test matrix" in run.stdout and "zerofill" in run.stdout and "only:a" in run.stdout
+    assert "~train" in run.stdout and "mixed@0.5" in run.stdout
     assert (tmp_path / "mlruns.db").is_file()  # default tracking: sqlite file in the working dir
 
     report = _mmfl(["report", "--experiment", "cli-test"], tmp_path)
     assert report.returncode == 0, report.stderr
     assert "fedavg" in report.stdout and "zerofill" in report.stdout and "mixed@0.50" in report.stdout
+    # the drawn test patterns come back from MLflow under their own names (stored as acc/train_dist, acc/mixed_0.5)
+    header = next(line for line in report.stdout.splitlines() if "method" in line)
+    assert [c for c in ("full", "~train", "mixed@0.5", "only:a") if c in header] == ["full", "~train", "mixed@0.5", "only:a"]
 
 
 def test_bad_config_gives_one_clear_error_and_exit_code_2(tmp_path):

@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_quickstart_config_loads_with_expected_settings():
     cfg = load_experiment(ROOT / "configs" / "quickstart.yaml")
     assert cfg.data.name == "mfeat"
-    assert cfg.partition.scheme == "dirichlet" and cfg.partition.num_clients == 10 and cfg.partition.alpha == 0.5
-    assert cfg.missing.rate == 0.5
+    assert cfg.partition.scheme == "dirichlet" and cfg.partition.num_clients == 35 and cfg.partition.alpha == 0.1
+    assert (cfg.missing.pattern, cfg.missing.rate, cfg.missing.drop_all_missing) == ("independent", 0.5, True)
     assert cfg.storage.kind == "local"
 
 

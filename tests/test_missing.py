@@ -81,3 +81,103 @@ def test_with_present_zeroes_absent_inputs(tiny_cfg):
             absent = ~shard.present[:, j]
             assert torch.all(shard.inputs[name][absent] == 0)
     assert data.test.present.all()
+
+
+def test_drop_all_missing_keeps_empty_rows_and_the_shards_lose_them(tmp_path):
+    from mmfl.config import parse_config
+    from mmfl.data import build_federated_data
+    from tests.conftest import tiny_config_dict
+
+    cfg = MissingConfig(pattern="independent", rate=0.5, drop_all_missing=True)
+    p = sample_presence(4000, NAMES, cfg, 0.5, np.random.default_rng(7))
+    # independent Bernoulli(0.5) per modality: a quarter of the rows miss both (and stay so)
+    assert abs((~p.any(axis=1)).mean() - 0.25) < 0.02
+    # the same draws without the option: identical wherever a modality is left
+    q = sample_presence(4000, NAMES, MissingConfig(pattern="independent", rate=0.5), 0.5, np.random.default_rng(7))
+    assert np.array_equal(p[p.any(axis=1)], q[p.any(axis=1)])
+
+    raw = tiny_config_dict(tmp_path, missing={"pattern": "independent", "rate": 0.5})
+    keep = build_federated_data(parse_config(raw))
+    drop = build_federated_data(parse_config({**raw, "missing": {**raw["missing"], "drop_all_missing": True}}))
+    for k, (a, b) in enumerate(zip(keep.clients, drop.clients)):
+        assert b.present.any(dim=1).all()
+        rng = np.random.default_rng([0, 3, k])
+        mask = sample_presence(len(a), tuple(a.names), MissingConfig(**raw["missing"], drop_all_missing=True), 0.5, rng)
+        kept = torch.from_numpy(mask.any(axis=1))
+        assert len(b) == int(kept.sum()) < len(a)
+        assert torch.equal(b.labels, a.labels[kept]) and torch.equal(b.present, torch.from_numpy(mask[mask.any(axis=1)]))
+    # the other patterns never leave a sample without modalities: the option changes nothing there
+    mixed = MissingConfig(pattern="mixed", rate=0.5, drop_all_missing=True)
+    assert np.array_equal(sample_presence(50, NAMES, mixed, 0.5, np.random.default_rng(1)),
+                          sample_presence(50, NAMES, MissingConfig(pattern="mixed", rate=0.5), 0.5, np.random.default_rng(1)))
+
+
+def test_test_patterns_grammar_and_masks():
+    from mmfl.config import parse_test_pattern
+
+    assert parse_test_pattern("~train") == ("~train", None, None)
+    assert parse_test_pattern("mixed@0.7") == ("mixed", None, 0.7)
+    assert parse_test_pattern("missing:txt@0.3") == ("missing", "txt", 0.3)
+    assert parse_test_pattern("independent@0.5") == ("independent", None, 0.5)
+    for bad, why in (("mixed@1.5", "rate after @"), ("mixed@x", "rate after @"), ("mixed", "unknown test pattern"),
+                     ("missing:@0.5", "unknown test pattern"), ("both@0.5", "unknown test pattern")):
+        with pytest.raises(ValueError, match=why):
+            parse_test_pattern(bad)
+    with pytest.raises(ConfigError, match="missing:audio@0.5"):
+        eval_patterns(NAMES, ["full", "missing:audio@0.5"])
+
+    n = 200
+    mixed = pattern_presence("mixed@0.7", NAMES, n, seed=3)
+    assert (~mixed.all(dim=1)).sum() == 140 and mixed.any(dim=1).all()  # 70% miss exactly one
+    assert (~mixed[:, 0]).sum() == 70 and (~mixed[:, 1]).sum() == 70  # half image, half text: "missing both"
+    miss = pattern_presence("missing:txt@0.3", NAMES, n, seed=3)
+    assert miss[:, 0].all() and (~miss[:, 1]).sum() == 60
+    # same (seed, pattern) -> same mask for every method; another seed -> another mask
+    assert torch.equal(mixed, pattern_presence("mixed@0.7", NAMES, n, seed=3))
+    assert not torch.equal(mixed, pattern_presence("mixed@0.7", NAMES, n, seed=4))
+
+    # ~train: the training configuration applied to the test set
+    train = MissingConfig(pattern="missing:img", rate=0.25)
+    like = pattern_presence("~train", NAMES, n, train, seed=3)
+    assert like[:, 1].all() and (~like[:, 0]).sum() == 50
+    ind = MissingConfig(pattern="independent", rate=0.5, drop_all_missing=True)
+    like = pattern_presence("~train", NAMES, 4000, ind, seed=3)
+    assert abs((~like.any(dim=1)).float().mean().item() - 0.25) < 0.03  # rows left out of the evaluation
+
+
+def test_metric_names_round_trip():
+    from mmfl.config import pattern_of_metric
+    from mmfl.results import metric_key
+
+    for p in ("full", "only:img", "~train", "mixed@0.7", "missing:txt@0.3", "independent@0.5", "only:my_mod"):
+        key = metric_key("acc", p)
+        assert "@" not in key and "~" not in key
+        assert pattern_of_metric(key.split("/", 1)[1]) == p
+
+
+def test_evaluate_scores_only_the_samples_a_drawn_pattern_keeps(tmp_path):
+    from torchmetrics.functional.classification import multiclass_accuracy
+
+    from mmfl.data import build_federated_data
+    from mmfl.engine import steps
+    from mmfl.methods import get_method, parse_experiment
+    from mmfl.methods.base import Context
+    from tests.conftest import tiny_config_dict
+
+    cfg = parse_experiment(tiny_config_dict(tmp_path, missing={"pattern": "independent", "rate": 0.5, "drop_all_missing": True},
+                                        eval={"patterns": ["~train", "mixed@0.5"]}))
+    data = build_federated_data(cfg)
+    method = get_method("fedavg")
+    state = method.init_state(data.spec, cfg)
+    got = steps.evaluate(cfg, state, data.test)
+    model = method.load_model(state.model_weights(), Context(cfg, data.spec, 0))
+    model.eval()
+    for pattern in ("~train", "mixed@0.5"):
+        present = pattern_presence(pattern, data.spec.names, len(data.test), cfg.missing, cfg.seed)
+        keep = present.any(dim=1)
+        assert (pattern == "~train") == bool((~keep).any())  # only ~train (with the drop) leaves samples out
+        sub = data.test.subset(torch.nonzero(keep).flatten()).with_present(present[keep])
+        with torch.no_grad():
+            pred = model(sub.inputs, sub.present).argmax(dim=1)
+        expected = float(multiclass_accuracy(pred, sub.labels, num_classes=data.spec.num_classes, average="micro"))
+        assert got[pattern]["acc"] == pytest.approx(expected)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from mmfl.config import ExperimentConfig
 from mmfl.data.missing import simulate_missing
 from mmfl.data.partition import partition
@@ -21,9 +23,19 @@ class FederatedData:
 
 
 def build_federated_data(cfg: ExperimentConfig) -> FederatedData:
-    """Deterministic in (config, seed): load, split, partition over clients, drop modalities."""
+    """Deterministic in (config, seed): load, split, partition over clients, drop modalities.
+
+    Samples left without any modality (``missing.drop_all_missing``) are removed from their shard.
+    """
     train, test = load_dataset(cfg.data)
     parts = partition(train.labels.numpy(), cfg.partition, cfg.seed)
     shards = [train.subset(p) for p in parts]
     masks = simulate_missing([len(s) for s in shards], train.names, cfg.missing, cfg.seed)
-    return FederatedData(train.spec, [s.with_present(m) for s, m in zip(shards, masks)], test)
+    clients = []
+    for shard, mask in zip(shards, masks):
+        keep = mask.any(dim=1)
+        if not bool(keep.all()):
+            idx = torch.nonzero(keep).flatten()
+            shard, mask = shard.subset(idx), mask[idx]
+        clients.append(shard.with_present(mask))
+    return FederatedData(train.spec, clients, test)

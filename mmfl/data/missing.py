@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import torch
 
-from mmfl.config import MissingConfig
+from mmfl.config import MissingConfig, parse_test_pattern
 from mmfl.errors import ConfigError
 
 
@@ -29,6 +31,8 @@ def sample_presence(
     drops exactly one uniformly chosen modality from round(rate*n) samples; ``independent`` drops
     each modality with its own probability. Fixed counts (not coin flips) make the realised rate
     equal the requested one up to rounding, which matters for small clients.
+    With ``independent`` and ``drop_all_missing`` a sample that loses every modality keeps an
+    all-False row: the caller drops it from the data (as the PmcmFL code does).
     """
     m = len(names)
     present = np.ones((num_samples, m), dtype=bool)
@@ -56,6 +60,8 @@ def sample_presence(
             raise ConfigError(f"missing.rates: modality {unknown[0]!r} not in {list(names)}")
         probs = np.array([rates.get(n, rate) for n in names])
         present = rng.random((num_samples, m)) >= probs
+        if cfg.drop_all_missing:
+            return present
         empty = np.flatnonzero(~present.any(axis=1))
         present[empty, rng.integers(0, m, size=len(empty))] = True
         return present
@@ -74,20 +80,39 @@ def simulate_missing(
 
 
 def eval_patterns(names: tuple[str, ...], requested: list[str] | str = "auto") -> list[str]:
-    """``full`` plus ``only:<m>`` for every modality (or the requested list, checked)."""
+    """``full`` plus ``only:<m>`` for every modality (or the requested list, checked against the modalities)."""
     if requested == "auto":
         return ["full"] + [f"only:{n}" for n in names]
     for p in requested:
-        if p != "full" and p.removeprefix("only:") not in names:
+        kind, modality, _ = parse_test_pattern(p)
+        if modality is not None and modality not in names:
             raise ConfigError(f"eval.patterns: {p!r} names no modality of {list(names)}")
     return list(requested)
 
 
-def pattern_presence(pattern: str, names: tuple[str, ...], num_samples: int) -> torch.Tensor:
+def pattern_presence(
+    pattern: str, names: tuple[str, ...], num_samples: int, train_missing: MissingConfig | None = None, seed: int = 0,
+) -> torch.Tensor:
+    """(num_samples, M) presence mask of a test pattern; an all-False row means "not in this pattern's test set".
+
+    ``full`` and ``only:<m>`` are fixed. The others draw a mask, seeded by (seed, pattern) so
+    every method of an experiment seed is tested on the same mask: ``mixed@r``,
+    ``missing:<m>@r`` and ``independent@r`` as the training patterns of the same name;
+    ``~train`` with the training configuration ``train_missing`` (its rate, per-modality rates
+    and ``drop_all_missing``; per-client rates are not applied: the test set belongs to no client).
+    """
+    kind, modality, rate = parse_test_pattern(pattern)
     present = torch.ones(num_samples, len(names), dtype=torch.bool)
-    if pattern == "full":
+    if kind == "full":
         return present
-    keep = pattern.removeprefix("only:")
-    present[:] = False
-    present[:, names.index(keep)] = True
-    return present
+    if kind == "only":
+        present[:] = False
+        present[:, names.index(modality)] = True
+        return present
+    rng = np.random.default_rng([seed, 5, zlib.crc32(pattern.encode())])
+    if kind == "~train":
+        cfg = train_missing or MissingConfig()
+        rate = cfg.rate
+    else:
+        cfg = MissingConfig(pattern=kind if modality is None else f"{kind}:{modality}", rate=rate)
+    return torch.from_numpy(sample_presence(num_samples, names, cfg, rate, rng))

@@ -168,7 +168,10 @@ def evaluate(
     model = method.load_model(state.model_weights(), ctx)
     results = {}
     for pattern in eval_patterns(spec.names, cfg.eval.patterns):
-        data = test.with_present(pattern_presence(pattern, spec.names, len(test)))
+        present = pattern_presence(pattern, spec.names, len(test), cfg.missing, cfg.seed)
+        keep = present.any(dim=1)
+        data = test if bool(keep.all()) else test.subset(torch.nonzero(keep).flatten())
+        data = data.with_present(present[keep])
         preds = []
         for start in range(0, len(data), batch_size):
             sl = slice(start, start + batch_size)

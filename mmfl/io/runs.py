@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mmfl.io.tracking import default_tracking_uri
+from mmfl.config import pattern_of_metric
 
 
 def latest_runs(uri: str | None, experiment: str, limit: int = 20) -> tuple[list[dict[str, Any]], list[str]]:
@@ -26,7 +27,8 @@ def latest_runs(uri: str | None, experiment: str, limit: int = 20) -> tuple[list
         seen.add(key)
         results: dict[str, dict[str, float]] = {}
         for name, value in run.data.metrics.items():
-            kind, _, pattern = name.partition("/")
+            kind, _, suffix = name.partition("/")
+            pattern = pattern_of_metric(suffix)
             if kind in ("acc", "f1") and pattern:
                 results.setdefault(pattern, {})[kind] = value
                 if pattern not in patterns:
@@ -35,5 +37,11 @@ def latest_runs(uri: str | None, experiment: str, limit: int = 20) -> tuple[list
                      "results": {p: r for p, r in results.items() if "acc" in r and "f1" in r}})
         if len(rows) >= limit:
             break
-    patterns.sort(key=lambda p: (p != "full", p))
+    patterns.sort(key=_column_order)
     return rows, patterns
+
+
+def _column_order(pattern: str) -> tuple[int, str]:
+    """full, then ~train, then the drawn patterns, then only:<m>."""
+    rank = 0 if pattern == "full" else 1 if pattern == "~train" else 3 if pattern.startswith("only:") else 2
+    return rank, pattern

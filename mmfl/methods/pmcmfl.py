@@ -11,44 +11,95 @@ missing a modality is completed from the library by prototype matching of what i
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.nn import functional as F
 
 from mmfl.config import ExperimentConfig
 from mmfl.data.dataset import DataSpec, MultimodalDataset
-from mmfl.state import ClientUpdate, RoundState
+from mmfl.errors import ConfigError
 from mmfl.methods.base import NO_RESOURCES, Batch, Context, Method, Resources
-from mmfl.methods.pmcmfl_losses import prototype_contrastive_loss, task_calibrated_loss
+from mmfl.methods.pmcmfl_losses import paper_contrast_terms, prototype_contrastive_loss, task_calibrated_loss
+from mmfl.state import ClientUpdate, RoundState
 from mmfl.methods.prototypes import (
     FUSED, aggregate_prototypes, compute_prototypes, empty_prototypes, library, proto_keys,
 )
 
 Inference = Literal["classifier", "retrieval", "l1", "l2", "cosine"]
 Distance = Literal["l1", "l2", "cosine"]
+Variant = Literal["paper", "mmfl"]
+
+# Defaults per variant. paper: the paper and its official code (Noirebao/Multimodal_Federated);
+# mmfl: this project's earlier reading, kept as a named variant (docs/methods.md).
+VARIANT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "paper": {"mask_weight": 1.0, "contrast": "batch", "temperature": 0.07, "fused_weight": 0.01,
+              "modality_weight": 0.0, "contrast_start_round": 2, "prototype_samples": "complete",
+              "inference": "retrieval"},
+    "mmfl": {"mask_weight": 0.5, "contrast": "classes", "temperature": 0.5, "contrast_weight": 1.0,
+             "contrast_fused": True, "contrast_start_round": 1, "prototype_samples": "present",
+             "inference": "classifier"},
+}
+_ONLY = {"paper": ("fused_weight", "modality_weight", "modality_weights"), "mmfl": ("contrast_weight", "contrast_fused")}
 
 
 class PmcmFLParams(BaseModel):
+    """PmcmFL's parameters; a field left unset takes the default of the chosen ``variant``."""
+
     model_config = ConfigDict(extra="forbid")
-    contrast_weight: float = Field(
-        1.0, ge=0, description="Weight of the proximal prototype contrastive loss (not given in the summary; 1.0 chosen)")
-    temperature: float = Field(
-        0.5, gt=0, description="Temperature of the prototype contrast (not given in the summary; 0.5 chosen)")
-    contrast_fused: bool = Field(True, description="Also contrast the fused representation with the fused prototypes")
-    mask_weight: float = Field(
-        0.5, ge=0, le=1,
-        description="Task calibration: weight factor per prototype-masked modality of a sample (chosen default 0.5)")
-    inference: Inference = Field(
-        "classifier",
-        description=("Uni-modal inference: l1 / l2 / cosine = nearest class prototype of the available modalities "
-                     "(model-free); retrieval = mask the missing modality with the prototype of the nearest class and "
-                     "classify; classifier = mask with the similarity-weighted mixture of prototypes and classify"))
-    match_distance: Distance = Field("cosine", description="Distance used by retrieval / classifier matching")
+    variant: Variant = Field(
+        "paper", description="paper: the paper and its official code; mmfl: this project's earlier variant")
+    mask_weight: float | None = Field(
+        None, ge=0, le=1,
+        description="Task loss weight factor per prototype-masked modality of a sample (paper 1.0 = plain task loss; mmfl 0.5)")
+    contrast: Literal["batch", "classes"] | None = Field(
+        None, description=("batch: dot product of each representation with its class prototype, the batch's other "
+                           "samples' prototypes as negatives (paper); classes: cosine InfoNCE against every class "
+                           "prototype (mmfl)"))
+    temperature: float | None = Field(None, gt=0, description="Contrast temperature (paper 0.07, mmfl 0.5)")
+    fused_weight: float | None = Field(None, ge=0, description="paper: weight of the fused-representation contrast (0.01)")
+    modality_weight: float | None = Field(
+        None, ge=0, description="paper: weight of each modality's contrast (0; the official code uses 1e-8)")
+    modality_weights: dict[str, float] | None = Field(
+        None, description="paper: per-modality contrast weights, overriding modality_weight for the named modalities")
+    contrast_weight: float | None = Field(
+        None, ge=0, description="mmfl: weight of the mean over the modality and fused contrast terms (1.0)")
+    contrast_fused: bool | None = Field(None, description="mmfl: also contrast the fused representation (true)")
+    contrast_start_round: int | None = Field(
+        None, ge=1, description="First round with the contrast (paper 2; mmfl 1 = whenever prototypes exist)")
+    prototype_samples: Literal["complete", "present"] | None = Field(
+        None, description=("Samples behind a client's prototypes: complete = its complete samples only (paper); "
+                           "present = every sample that has the modality (mmfl)"))
+    inference: Inference | None = Field(
+        None,
+        description=("Uni-modal inference: retrieval = mask the missing modality with the prototype of the nearest "
+                     "class and classify (paper default); l1 / l2 / cosine = the nearest class prototype is the "
+                     "prediction, without the model (model-free); classifier = mask with the similarity-weighted "
+                     "mixture of prototypes and classify (mmfl)"))
+    match_distance: Distance = Field("cosine", description="Distance used by retrieval / classifier matching (chosen)")
     match_temperature: float = Field(
         0.1, gt=0, description="Softmax temperature of the classifier option's prototype mixture (chosen default)")
+
+    @model_validator(mode="after")
+    def _fill_variant(self) -> "PmcmFLParams":
+        other = "mmfl" if self.variant == "paper" else "paper"
+        for name in _ONLY[other]:
+            if getattr(self, name) is not None:
+                raise ValueError(f"{name} applies to variant {other!r} (variant is {self.variant!r})")
+        for name, value in VARIANT_DEFAULTS[self.variant].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        return self
+
+    def modality_weight_vector(self, names: tuple[str, ...] | list[str]) -> torch.Tensor:
+        """(M,) weights of the modality contrast terms (paper variant)."""
+        given = self.modality_weights or {}
+        unknown = [k for k in given if k not in names]
+        if unknown:
+            raise ConfigError(f"method.params.modality_weights: {unknown[0]!r} is not a modality of {list(names)}")
+        return torch.tensor([float(given.get(n, self.modality_weight or 0.0)) for n in names])
 
 
 def label_masks(model: nn.Module, protos: torch.Tensor, avail: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -81,6 +132,15 @@ def match_scores(emb: torch.Tensor, present: torch.Tensor, protos: torch.Tensor,
     return score
 
 
+def retrieval_masks(model: nn.Module, scores: torch.Tensor, protos: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
+    """(B, M, D) masks of retrieval inference: every prototype of each sample's best-matching class.
+
+    ``scores`` (B, C) from ``match_scores`` over the modalities the sample has; the model then
+    classifies the sample with its missing modalities masked by these prototypes.
+    """
+    return label_masks(model, protos, avail, scores.argmax(dim=1))
+
+
 class PmcmFL(Method):
     Params = PmcmFLParams
     uses_prototypes = True
@@ -102,6 +162,14 @@ class PmcmFL(Method):
         logits = model.head(fused)
         masked = (~present).sum(dim=1)
         loss = task_calibrated_loss(logits, labels, masked, p.mask_weight)
+        if ctx.round < p.contrast_start_round:
+            return loss
+        fp = state.tensors[f"proto/{FUSED}"].to(fused.device)
+        fa = state.tensors[f"proto_count/{FUSED}"].to(fused.device) > 0
+        if p.contrast == "batch":
+            con, _ = paper_contrast_terms(tokens, fused, present, labels, protos, avail, fp, fa,
+                                          p.modality_weight_vector(names), p.fused_weight, p.temperature)
+            return loss + con
         if p.contrast_weight > 0:
             con = []
             for j in range(len(names)):
@@ -109,8 +177,6 @@ class PmcmFL(Method):
                 if bool(rows.any()):
                     con.append(prototype_contrastive_loss(tokens[rows, j], labels[rows], protos[j], avail[j], p.temperature))
             if p.contrast_fused:
-                fp = state.tensors[f"proto/{FUSED}"].to(fused.device)
-                fa = state.tensors[f"proto_count/{FUSED}"].to(fused.device) > 0
                 con.append(prototype_contrastive_loss(fused, labels, fp, fa, p.temperature))
             if con:
                 loss = loss + p.contrast_weight * torch.stack(con).mean()
@@ -121,7 +187,8 @@ class PmcmFL(Method):
         model = self.load_model(update.model_weights(), ctx)
         protos, avail = library(state.tensors, ctx.spec.names)
         subs = label_masks(model, protos.to(ctx.device), avail.to(ctx.device), shard.labels.to(ctx.device))
-        return compute_prototypes(model, shard, ctx.spec.num_classes, subs.detach(), device=ctx.device)
+        return compute_prototypes(model, shard, ctx.spec.num_classes, subs.detach(), device=ctx.device,
+                                  complete_only=ctx.params.prototype_samples == "complete")
 
     # ---- server ---------------------------------------------------------------------------
     def aggregate(self, state: RoundState, updates: list[ClientUpdate], ctx: Context) -> RoundState:
@@ -147,8 +214,7 @@ class PmcmFL(Method):
             return torch.where(incomplete, scores, logits)
         scores = match_scores(emb, present, protos, avail, p.match_distance)
         if p.inference == "retrieval":
-            nearest = scores.argmax(dim=1)
-            subs = label_masks(model, protos, avail, nearest)
+            subs = retrieval_masks(model, scores, protos, avail)
         else:
             scale = scores.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) if p.match_distance != "cosine" else 1.0
             weights = torch.softmax(scores / scale / p.match_temperature, dim=1)  # (B, C)

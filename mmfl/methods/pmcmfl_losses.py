@@ -39,3 +39,49 @@ def prototype_contrastive_loss(
     sim = F.normalize(emb, dim=-1) @ F.normalize(prototypes, dim=-1).T / temperature
     sim = sim.masked_fill(~available.unsqueeze(0), float("-inf"))
     return F.cross_entropy(sim[valid], labels[valid])
+
+
+def batch_prototype_contrast(rep: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Proximal prototype contrast of the PmcmFL code: each representation against its class prototype,
+    with the prototypes of the other samples in the batch as negatives.
+
+    ``rep`` (B, D) are representations, ``targets`` (B, D) the prototype of each sample's class
+    (row i belongs to sample i). Logits are the unnormalised dot products ``rep @ targets.T / t``
+    and sample i's positive is column i: ``-mean_i log softmax_j(<z_i, p_{y_j}> / t)[i]``. Two
+    samples of the same class in a batch share a prototype, so each is also a negative of the
+    other (as in the official code). Returns 0 (with a gradient path) for an empty batch.
+    """
+    if rep.shape[0] == 0:
+        return rep.sum() * 0.0
+    logits = rep @ targets.T / temperature
+    return F.cross_entropy(logits, torch.arange(rep.shape[0], device=rep.device))
+
+
+def paper_contrast_terms(
+    tokens: torch.Tensor, fused: torch.Tensor, present: torch.Tensor, labels: torch.Tensor,
+    protos: torch.Tensor, avail: torch.Tensor, fused_protos: torch.Tensor, fused_avail: torch.Tensor,
+    weights: torch.Tensor, fused_weight: float, temperature: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted sum of the batch-wise prototype contrasts: one term per modality and one of the fused representation.
+
+    ``tokens`` (B, M, D) modality embeddings, ``fused`` (B, D), ``present`` (B, M), ``protos``
+    (M, C, D) and ``avail`` (M, C) the library, ``weights`` (M,) the modality terms' weights.
+    The term of modality m uses the samples that have m (the official code computes it only in
+    the modes where the modality is encoded); the fused term uses every sample. Samples whose
+    class has no prototype yet are left out of a term. Terms of weight 0 are not computed.
+    Returns ``(sum_k w_k L_k, {term name: L_k})``.
+    """
+    total = fused.sum() * 0.0
+    parts: dict[str, torch.Tensor] = {}
+    if fused_weight > 0:
+        rows = fused_avail[labels]
+        parts["fused"] = batch_prototype_contrast(fused[rows], fused_protos[labels[rows]], temperature)
+        total = total + fused_weight * parts["fused"]
+    for j in range(tokens.shape[1]):
+        w = float(weights[j])
+        if w <= 0:
+            continue
+        rows = present[:, j] & avail[j][labels]
+        parts[str(j)] = batch_prototype_contrast(tokens[rows, j], protos[j][labels[rows]], temperature)
+        total = total + w * parts[str(j)]
+    return total, parts

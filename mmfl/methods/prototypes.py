@@ -29,13 +29,15 @@ def proto_keys(names: Sequence[str]) -> list[str]:
 @torch.no_grad()
 def compute_prototypes(
     model: nn.Module, shard: MultimodalDataset, num_classes: int, substitutes: torch.Tensor | None = None,
-    batch_size: int = 256, device: str = "cpu",
+    batch_size: int = 256, device: str = "cpu", complete_only: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Per-class means and counts of each modality's embedding (only where present) and of the fused one.
 
     The fused prototype uses complete samples only when there are any for a class, so a
     substitute (placeholder or prototype) never feeds back into the prototype it stands for;
     classes seen only incompletely fall back to the fused representation after substitution.
+    With ``complete_only`` every prototype comes from the complete samples alone (as in the
+    PmcmFL code) and a class without complete samples gets none (count 0).
     """
     model.eval()
     names = list(shard.names)
@@ -54,16 +56,16 @@ def compute_prototypes(
         subs = None if substitutes is None else substitutes[sl].to(device)
         fused = model.features(inputs, present, subs)[1].double().cpu()
         pres = present.cpu().to(torch.float64)
+        complete = pres.prod(dim=1, keepdim=True)
         for j, name in enumerate(names):
-            w = onehot * pres[:, j : j + 1]
+            w = onehot * (complete if complete_only else pres[:, j : j + 1])
             sums[name] += w.T @ raw[:, j]
             counts[name] += w.sum(0)
-        complete = pres.prod(dim=1, keepdim=True)
         sums[FUSED] += (onehot * complete).T @ fused
         counts[FUSED] += (onehot * complete).sum(0)
         fused_any += onehot.T @ fused
         fused_any_n += onehot.sum(0)
-    fallback = (counts[FUSED] == 0) & (fused_any_n > 0)
+    fallback = (counts[FUSED] == 0) & (fused_any_n > 0) & (not complete_only)
     sums[FUSED][fallback] = fused_any[fallback]
     counts[FUSED][fallback] = fused_any_n[fallback]
     out = {}
