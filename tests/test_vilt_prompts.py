@@ -45,7 +45,7 @@ def test_prompt_pool_prompt_is_its_own_key_and_regulariser_pulls_together():
     before = float(reg.detach())
     reg.backward()
     opt.step()
-    after = float(pool.retrieve(pooled)[2])
+    after = float(pool.retrieve(pooled)[2].detach())
     assert after < before
     assert pool.query.bias is None
     pool.resize(7)
