@@ -94,8 +94,10 @@ class _Nets(nn.Module):
 
 def gaussian_loglik(x: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """(n, k) log N(x_i | mean_q, diag sigma_q^2) for x (n, D), mean and sigma (k, D)."""
-    z = (x.unsqueeze(1) - mean.unsqueeze(0)) / sigma.unsqueeze(0)
-    return -(torch.log(sigma).sum(-1).unsqueeze(0) + 0.5 * (z * z).sum(-1) + 0.5 * x.shape[1] * math.log(2 * math.pi))
+    prec = sigma.pow(-2)
+    # sum_d (x_d - m_d)^2 / s_d^2 expanded into matrix products (no (n, k, D) intermediate).
+    quad = (x * x) @ prec.T - 2.0 * x @ (mean * prec).T + (mean * mean * prec).sum(-1).unsqueeze(0)
+    return -(torch.log(sigma).sum(-1).unsqueeze(0) + 0.5 * quad.clamp_min(0.0) + 0.5 * x.shape[1] * math.log(2 * math.pi))
 
 
 def new_cluster_loglik(x: torch.Tensor, floor: float) -> torch.Tensor:
