@@ -39,6 +39,9 @@ def test_similar_prompts_from_different_clients_merge():
         members = torch.stack([clients[t][order.index(k)] for t, order in enumerate(orders)])
         assert torch.allclose(res.prompts[g], members.mean(0), atol=1e-5)
         assert (res.prompts[g] - base[k]).norm() < 0.05 * base[k].norm()
+    # Position-wise averaging of the same uploads mixes unrelated prompts.
+    naive = torch.stack(clients).mean(0)
+    assert min((naive[j] - base[k]).norm() for j in range(3) for k in range(3)) > 0.3 * base[0].norm()
 
 
 def test_dissimilar_prompts_stay_separate():
