@@ -22,9 +22,9 @@ from mmfl.aggregation import weighted_mean
 from mmfl.config import ExperimentConfig
 from mmfl.data.dataset import DataSpec, MultimodalDataset
 from mmfl.methods.base import NO_RESOURCES, Batch, Context, LocalData, Resources, params_of
+from mmfl.methods.fedprime import vilt_features
 from mmfl.methods.frozen_training import FrozenBackboneMethod, image_text_roles
 from mmfl.models.backbones import BackboneConfig
-from mmfl.models.feature_cache import cached_features
 from mmfl.models.vilt_prompts import MissingAwareVilt
 from mmfl.state import ClientUpdate, RoundState
 
@@ -53,13 +53,8 @@ class FedAvgP(FrozenBackboneMethod):
         state.meta["communication"] = []
         return state
 
-    def features(self, model: MissingAwareVilt, inputs: dict[str, torch.Tensor], present: torch.Tensor, ctx: Context):
-        cache = ctx.resources.feature_cache(ctx.params.feature_cache)
-        backbone_id = model.backbone_cfg.identity("vilt-embeddings") + f"-{model.image_name}-{model.text_name}"
-        return cached_features(cache, backbone_id, inputs, present, model.frozen_features)
-
     def local_data(self, model: nn.Module, shard: MultimodalDataset, state: RoundState, ctx: Context) -> LocalData:
-        return LocalData({}, shard.present, shard.labels, dict(self.features(model, shard.inputs, shard.present, ctx)))
+        return LocalData({}, shard.present, shard.labels, dict(vilt_features(model, shard.inputs, shard.present, ctx)))
 
     def batch_loss(self, model: nn.Module, batch: Batch, state: RoundState, ctx: Context):
         f = batch.extra
@@ -77,5 +72,5 @@ class FedAvgP(FrozenBackboneMethod):
     @torch.no_grad()
     def predict(self, model: nn.Module, state: RoundState, inputs, present, ctx: Context) -> torch.Tensor:
         model.eval()
-        f = self.features(model, inputs, present, ctx)
+        f = vilt_features(model, inputs, present, ctx)
         return model.forward_cached(f["embeds"], f["mask"], f["missing_type"])

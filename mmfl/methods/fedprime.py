@@ -39,7 +39,7 @@ from mmfl.methods.base import NO_RESOURCES, Batch, Context, LocalData, Resources
 from mmfl.methods.frozen_training import FrozenBackboneMethod, image_text_roles
 from mmfl.models.backbones import BackboneConfig
 from mmfl.models.feature_cache import cached_features
-from mmfl.models.vilt_prompts import PrimeVilt
+from mmfl.models.vilt_prompts import MissingAwareVilt, PrimeVilt
 from mmfl.state import ClientUpdate, RoundState
 
 QUERY_KEYS = ("intra.query.weight", "inter.query.weight")  # personalised: stay with their client
@@ -60,6 +60,14 @@ class FedPrimeParams(BaseModel):
     match_hidden: int = Field(128, ge=1, description="Hidden width of the two matching networks (official 128)")
     optimizer: Literal["sgd", "adamw"] = Field("sgd", description="Client optimiser with train.lr (official SGD)")
     feature_cache: Literal["store", "memory", "off"] = Field("store", description="Where frozen features are cached")
+
+
+def vilt_features(model: PrimeVilt | MissingAwareVilt, inputs: dict[str, torch.Tensor], present: torch.Tensor,
+                  ctx: Context) -> dict[str, torch.Tensor]:
+    """Frozen ViLT input embeddings and missing types, through the feature cache (shared with FedAvg-P)."""
+    cache = ctx.resources.feature_cache(ctx.params.feature_cache)
+    backbone_id = model.backbone_cfg.identity("vilt-embeddings") + f"-{model.image_name}-{model.text_name}"
+    return cached_features(cache, backbone_id, inputs, present, model.frozen_features)
 
 
 def matching_config(p: FedPrimeParams, seed: int) -> MatchingConfig:
@@ -92,12 +100,6 @@ class FedPrime(FrozenBackboneMethod):
         model.load_state_dict(dict(weights))
         return model.to(ctx.device)
 
-    # ---- frozen features -------------------------------------------------------------------
-    def features(self, model: PrimeVilt, inputs: dict[str, torch.Tensor], present: torch.Tensor, ctx: Context):
-        cache = ctx.resources.feature_cache(ctx.params.feature_cache)
-        backbone_id = model.backbone_cfg.identity("vilt-embeddings") + f"-{model.image_name}-{model.text_name}"
-        return cached_features(cache, backbone_id, inputs, present, model.frozen_features)
-
     # ---- client side -------------------------------------------------------------------------
     def client_weights(self, state: RoundState, client_id: int) -> dict[str, torch.Tensor]:
         """The global model with this client's own query projections (after its first round)."""
@@ -109,7 +111,7 @@ class FedPrime(FrozenBackboneMethod):
         return weights
 
     def local_data(self, model: nn.Module, shard: MultimodalDataset, state: RoundState, ctx: Context) -> LocalData:
-        feats = dict(self.features(model, shard.inputs, shard.present, ctx))
+        feats = dict(vilt_features(model, shard.inputs, shard.present, ctx))
         used = torch.zeros(model.inter.prompts.shape[0], dtype=torch.bool)
         return LocalData({}, shard.present, shard.labels, feats, aux={"inter_used": used})
 
@@ -154,7 +156,7 @@ class FedPrime(FrozenBackboneMethod):
     @torch.no_grad()
     def predict(self, model: nn.Module, state: RoundState, inputs, present, ctx: Context) -> torch.Tensor:
         model.eval()
-        feats = self.features(model, inputs, present, ctx)
+        feats = vilt_features(model, inputs, present, ctx)
         # Batch-wise retrieval: test batches of the training batch size, as the official test loader.
         size = ctx.cfg.train.batch_size
         n = int(present.shape[0])
