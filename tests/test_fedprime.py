@@ -13,27 +13,16 @@ from mmfl.local import run_experiment
 from mmfl.methods import parse_experiment, resolve
 from mmfl.models.backbones import load_vilt
 from tests.conftest import tiny_config_dict
-from tests.helpers.image_text_fixtures import write_food101
+from tests import test_foundation_methods as foundation
+from tests.test_foundation_methods import food_dir  # noqa: F401  (the Food-101 fixture)
 
-BACKBONE = {"image_size": 16, "patch_size": 8, "max_text_len": 12, "hidden": 32, "layers": 2}
 PRIME = {"pool_size": 6, "top_k": 2, "match_steps": 10}
-
-
-@pytest.fixture(scope="module")
-def food_dir(tmp_path_factory):
-    return write_food101(tmp_path_factory.mktemp("food"), {f"c{i}": 12 for i in range(4)})
+SECTIONS = {"missing": {"pattern": "mixed", "rate": 0.5},
+            "train": {"rounds": 2, "local_epochs": 1, "batch_size": 8, "lr": 0.05}}
 
 
 def food_cfg(tmp_path, food_dir, method: str, params: dict | None = None, **sections):
-    sections = {
-        "data": {"name": "food101", "path": str(food_dir), "image_text": {"image_size": 16, "max_text_len": 12}},
-        "partition": {"scheme": "iid", "num_clients": 3, "min_client_size": 4},
-        "missing": {"pattern": "mixed", "rate": 0.5},
-        "method": {"name": method, "params": {"backbone": BACKBONE, **(params or {})}},
-        "train": {"rounds": 2, "local_epochs": 1, "batch_size": 8, "lr": 0.05},
-        **sections,
-    }
-    return parse_experiment(tiny_config_dict(tmp_path, **sections))
+    return foundation.food_cfg(tmp_path, food_dir, method, params, **{**SECTIONS, **sections})
 
 
 def test_fedprime_round_personal_queries_and_matched_inter_pool(tmp_path, food_dir):
