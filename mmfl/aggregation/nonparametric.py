@@ -29,9 +29,10 @@ is compared): prompts are matched in units of their root-mean-square (the result
 the prompts' scale); the standard deviation has a floor (``sigma_floor``, the resolution below which
 two prompts count as the same); when client ``t`` is re-assigned, every centre is computed without
 ``t``'s own prompts (leave-one-out, as in probabilistic federated neural matching), so a prompt is
-never matched to a copy of itself; centres take the closed-form Gaussian update (mean of their
-members) and the two networks take Adam steps. Everything is seeded: the same inputs give the same
-result.
+never matched to a copy of itself, and a centre of ``m`` members is scored by its posterior
+predictive (variance ``sigma^2 (1 + 1/m)``); centres take the closed-form Gaussian update (mean of
+their members) and the two networks take Adam steps. Everything is seeded: the same inputs give the
+same result.
 """
 
 from __future__ import annotations
