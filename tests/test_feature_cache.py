@@ -62,7 +62,7 @@ def _food_cfg(tmp_path, method: str, rounds: int = 3):
         tmp_path,
         data={"name": "food101", "path": str(food), "image_text": {"image_size": 16, "max_text_len": 12}},
         partition={"scheme": "iid", "num_clients": 2, "min_client_size": 4},
-        method={"name": method, "params": {"backbone": BACKBONE, "pool_size": 4} if method == "fedprime"
+        method={"name": method, "params": {"backbone": BACKBONE, "pool_size": 4, "top_k": 2} if method == "fedprime"
                 else {"backbone": BACKBONE, "joint_dim": 16, "completion": "feature"}},
         train={"rounds": rounds, "local_epochs": 2, "batch_size": 8, "lr": 0.01},
     ))

@@ -17,7 +17,7 @@ from tests.helpers.image_text_fixtures import tiny_food101_runs
 from tests import test_kfp_segments as segments
 
 
-@pytest.mark.parametrize("method,params", [("fedprime", {"pool_size": 4}), ("fedavg_prompts", {}),
+@pytest.mark.parametrize("method,params", [("fedprime", {"pool_size": 4, "top_k": 2}), ("fedavg_p", {"prompt_length": 2}),
                                            ("fedmvp", {"joint_dim": 16, "completion": "feature"})])
 def test_foundation_method_through_pipeline_glue(tmp_path, method, params):
     cfg, ref = tiny_food101_runs(tmp_path, method, params, rounds=2)

@@ -57,17 +57,21 @@ def test_split_keeps_token_ids_integer(tmp_path):
     assert train.inputs["image"].dtype == torch.float32
 
 
-def test_mmimdb_layout_first_kept_genre(tmp_path):
-    movies = [["Drama", "Comedy"], ["Comedy"], ["Drama"], ["Horror", "Drama"], ["Comedy", "Drama"], ["Horror"],
-              ["Western"], ["Drama"]]
+def test_mmimdb_single_genre_movies_most_frequent_classes(tmp_path):
+    movies = [["Drama", "Comedy"], ["Comedy"], ["Drama"], ["Horror", "Drama"], ["Comedy", "News"], ["Horror"],
+              ["Western"], ["Drama"], ["Drama"], ["Comedy"], ["Talk-Show"]]
     root = write_mmimdb(tmp_path / "mmimdb", movies)
     raw = load_raw(DataConfig(name="mmimdb", path=str(root), image_text=OPTS))
+    # Multi-genre movies are dropped ("News" is no MM-IMDB genre, so Comedy+News counts as Comedy);
+    # so is the movie without any of the 23 genres. Classes are numbered by frequency.
     assert raw.num_classes == 4 and len(raw.labels) == 8
+    assert raw.labels.tolist() == [1, 0, 1, 2, 3, 0, 0, 1]
     top2 = load_raw(DataConfig(name="mmimdb", path=str(root), image_text={**OPTS, "top_classes": 2}))
-    # Drama (6 listings) and Comedy (3) kept; Western-only movie dropped; Horror+Drama -> Drama.
-    assert top2.num_classes == 2 and len(top2.labels) == 6
-    assert top2.labels.tolist() == [0, 1, 0, 0, 1, 0]
+    # Drama (3 single-genre movies) and Comedy (3): the tie goes to the dataset's genre order.
+    assert top2.num_classes == 2 and top2.labels.tolist() == [1, 0, 1, 0, 0, 1]
     assert top2.arrays["image"].shape == (6, 3, 16, 16)
+    with pytest.raises(DataError, match="top_classes = 5"):
+        load_raw(DataConfig(name="mmimdb", path=str(root), image_text={**OPTS, "top_classes": 5}))
 
 
 def test_clear_errors_for_bad_paths(tmp_path):

@@ -42,7 +42,7 @@ def _pipeline_equals_local_engine(tmp_path, monkeypatch, cfg, ref):
     return got, pipe_store
 
 
-@pytest.mark.parametrize("method,params", [("fedprime", {"pool_size": 4}), ("fedmvp", {"joint_dim": 16, "completion": "feature"})])
+@pytest.mark.parametrize("method,params", [("fedprime", {"pool_size": 4, "top_k": 2}), ("fedmvp", {"joint_dim": 16, "completion": "feature"})])
 def test_foundation_method_runs_as_kfp_components(tmp_path, monkeypatch, method, params):
     got, _ = _pipeline_equals_local_engine(tmp_path, monkeypatch, *tiny_food101_runs(tmp_path, method, params, rounds=1))
     # only the trainable parts travelled: no frozen backbone weights in the round state

@@ -13,7 +13,7 @@ from mmfl.methods.base import Method
 from tests.conftest import tiny_config_dict
 from tests.helpers.image_text_fixtures import TINY_BACKBONE, write_food101
 
-FOUNDATION = {"fedprime": {"pool_size": 4, "top_k": 2}, "fedavg_prompts": {},
+FOUNDATION = {"fedprime": {"pool_size": 4, "top_k": 2}, "fedavg_p": {"prompt_length": 2},
               "fedmvp": {"joint_dim": 16, "caption_tokens": 3, "diffusion_steps": 2, "synthetic_samples": 8}}
 
 

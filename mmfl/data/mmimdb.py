@@ -6,9 +6,12 @@ Layout read from ``data.path`` (as distributed; the ``dataset/`` level is option
     dataset/<id>.json     {"plot": ["..."], "genres": ["Drama", ...], ...}
     split.json            {"train": [ids], "dev": [ids], "test": [ids]}   (optional: ids to read)
 
-mmfl trains single-label classifiers, so a movie's label is the first of its listed genres that
-belongs to the kept classes (``data.image_text.top_classes``: most frequent genres counted over all
-listed genres; FED-PRIME uses 8); movies with no kept genre are dropped. The text is the first plot.
+Labels follow FED-PRIME's preparation of MM-IMDB: a movie is kept only when exactly one of its
+genres belongs to the dataset's 23 genres (``GENRES``; other listed genres are ignored), that genre
+is its label, and the ``data.image_text.top_classes`` most frequent of these labels are kept (the
+paper uses 8), numbered by frequency. The official script counts the frequencies separately per
+split file (train + dev, then test); mmfl reads all listed movies and splits them itself, so it
+counts once over all of them. The text is the first plot.
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ from mmfl.data.dataset import RawData
 from mmfl.data.dataset import ModalitySpec
 from mmfl.errors import DataError
 
+GENRES = (
+    "Drama", "Comedy", "Romance", "Thriller", "Crime", "Action", "Adventure", "Horror", "Documentary", "Mystery",
+    "Sci-Fi", "Fantasy", "Family", "Biography", "War", "History", "Music", "Animation", "Musical", "Western",
+    "Sport", "Short", "Film-Noir",
+)
 LAYOUT = "dataset/<id>.jpeg + dataset/<id>.json with plot and genres (+ split.json)"
 
 
@@ -54,16 +62,19 @@ def load_mmimdb(cfg: DataConfig) -> RawData:
         genres, plot = meta.get("genres") or [], meta.get("plot") or [""]
         if not isinstance(genres, list) or not isinstance(plot, list):
             raise DataError(f"{meta_file}: 'genres' and 'plot' must be lists")
-        movies.append((mid, [str(g) for g in genres], str(plot[0]) if plot else ""))
-    counts = Counter(g for _, genres, _ in movies for g in genres)
+        known = {str(g) for g in genres} & set(GENRES)
+        if len(known) == 1:  # single-genre movies only
+            movies.append((mid, known.pop(), str(plot[0]) if plot else ""))
+    counts = Counter(genre for _, genre, _ in movies)
+    if not counts:
+        raise DataError(f"data.path = {cfg.path!r}: no movie has exactly one of the {len(GENRES)} MM-IMDB genres")
     if opts.top_classes is not None and opts.top_classes > len(counts):
-        raise DataError(f"data.image_text.top_classes = {opts.top_classes}: only {len(counts)} genres present")
-    ranked = [g for g, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
-    classes = ranked[: opts.top_classes] if opts.top_classes else sorted(counts)
+        raise DataError(f"data.image_text.top_classes = {opts.top_classes}: only {len(counts)} single-genre classes present")
+    ranked = [g for g, _ in sorted(counts.items(), key=lambda kv: (-kv[1], GENRES.index(kv[0])))]
+    classes = ranked[: opts.top_classes] if opts.top_classes else ranked
     images, texts, labels, taken = [], [], [], Counter()
-    for mid, genres, plot in movies:
-        label = next((g for g in genres if g in classes), None)
-        if label is None or (opts.max_per_class is not None and taken[label] >= opts.max_per_class):
+    for mid, label, plot in movies:
+        if label not in classes or (opts.max_per_class is not None and taken[label] >= opts.max_per_class):
             continue
         image = folder / f"{mid}.jpeg"
         if not image.is_file():

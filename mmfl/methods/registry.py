@@ -22,7 +22,7 @@ METHODS: dict[str, str] = {
     "fedprox": "mmfl.methods.fedprox:FedProx",
     "zerofill": "mmfl.methods.zerofill:ZeroFill",
     "fedprime": "mmfl.methods.fedprime:FedPrime",
-    "fedavg_prompts": "mmfl.methods.fedavg_prompts:FedAvgPrompts",
+    "fedavg_p": "mmfl.methods.fedavg_p:FedAvgP",
     "fedmvp": "mmfl.methods.fedmvp:FedMVP",
     "pmcmfl": "mmfl.methods.pmcmfl:PmcmFL",
     "threefm": "mmfl.methods.threefm:ThreeFM",
