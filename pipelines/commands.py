@@ -13,10 +13,13 @@ console = Console()
 
 def _options(args: argparse.Namespace):
     from pipelines.compile import CompileOptions
+    from pipelines.segments import DEFAULT_ROUNDS_PER_TASK
 
     return CompileOptions(rounds_per_run=args.rounds_per_run, fan_out=args.fan_out, max_tasks=args.max_tasks,
                           image=args.image, gpus=args.gpus, methods=args.method or [], rates=args.rate or [],
-                          seeds=args.seed or [], benchmark_name=args.benchmark_name, parallelism=args.parallelism)
+                          seeds=args.seed or [], benchmark_name=args.benchmark_name, parallelism=args.parallelism,
+                          rounds_per_task=args.rounds_per_task or DEFAULT_ROUNDS_PER_TASK, cluster_file=args.cluster,
+                          step_settings=list(args.step or []))
 
 
 def _config(args: argparse.Namespace):
@@ -26,11 +29,12 @@ def _config(args: argparse.Namespace):
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from pipelines.compile import compile_benchmark, compile_experiment
+    from pipelines.compile import compile_benchmark, compile_experiment, cost_of
 
     cfg, opts, out = _config(args), _options(args), Path(args.out)
     path, rounds = compile_experiment(cfg, out / "experiment.yaml", opts)
-    console.print(f"wrote {path}  ({rounds} of {cfg.train.rounds} rounds per run)")
+    console.print(f"wrote {path}  ({rounds} of {cfg.train.rounds} rounds per run, {opts.rounds_per_task} per task)")
+    console.print(f"experiment {cfg.experiment_id()} ({cfg.train.rounds} rounds, chained): {cost_of(cfg, opts).line()}")
     path, cells = compile_benchmark(cfg, out / "benchmark.yaml", opts)
     console.print(f"wrote {path}  ({cells} benchmark cells)")
     return 0
@@ -74,7 +78,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tasks", type=int, default=40, help="task budget of one run (Argo/etcd size limit)")
     p.add_argument("--fan-out", action="store_true", help="one task per sampled client instead of one per round")
     p.add_argument("--image", help="container image of every step (default $MMFL_IMAGE or the release image)")
-    p.add_argument("--gpus", type=int, default=1, help="GPUs per GPU task; 0 = CPU nodes only")
+    p.add_argument("--gpus", type=int, help="GPUs per GPU task: 1 (default) or 0 = CPU nodes only")
+    p.add_argument("--rounds-per-task", type=int,
+                   help="K rounds trained in one task (1 = one task per round step; default in docs/kubeflow.md)")
+    p.add_argument("--cluster", metavar="FILE", help="YAML of cluster settings (resources, placement, timeouts per step)")
+    p.add_argument("--step", action="append", metavar="STEP.FIELD=VALUE",
+                   help="per-step setting, e.g. client_train.memory_limit=32G, cpu.timeout_s=600 (repeatable)")
     p.add_argument("--method", action="append", help="benchmark grid: method (repeatable)")
     p.add_argument("--rate", action="append", type=float, help="benchmark grid: training missing rate (repeatable)")
     p.add_argument("--seed", action="append", type=int, help="benchmark grid: seed (repeatable)")
