@@ -45,7 +45,7 @@ def build_experiment_pipeline(cfg: ExperimentConfig, rounds: int | None = None, 
         run_tags = dict(kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                         pipeline_version=pipeline_version)
         prep = configure(prepare(config_json=config_json, **run_tags), settings, "prepare")
-        start, left = prep.outputs["start_round"], prep.outputs["remaining"]
+        start, left = prep.outputs["start_round"], prep.outputs["Output"]  # rounds left
         state = prep.outputs["checkpoint"]
         with contextlib.ExitStack() as nested:
             if k_rounds > 1:

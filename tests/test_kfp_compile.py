@@ -83,7 +83,7 @@ def by_display(spec):
 
 def rounds_left_needed(conditions: list[str]) -> int:
     """The rounds ``prepare`` must find left for a task to start: its conditions ``remaining > N``."""
-    found = [int(m) for c in conditions for m in re.findall(r"prepare-remaining'\]\) > (\d+)", c)]
+    found = [int(m) for c in conditions for m in re.findall(r"prepare-Output'\]\) > (\d+)", c)]
     return max(found, default=-1) + 1
 
 
