@@ -22,6 +22,7 @@ from mmfl.io.store import LocalStore
 from mmfl.methods import parse_experiment
 from tests.conftest import tiny_config_dict
 from tests.helpers.kfp_local import start_kfp_local
+from pipelines.cluster import ClusterSettings
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -51,7 +52,7 @@ def test_pipeline_matches_local_engine(s3_server, mlflow_uri, tmp_path, monkeypa
     start_kfp_local(tmp_path, monkeypatch, s3_server.env())
 
     # K = 2 rounds per task: rounds 1-2 in one task (the loop, in process), round 3 in the next
-    pipeline = build_experiment_pipeline(pipe_cfg, rounds_per_task=2)
+    pipeline = build_experiment_pipeline(pipe_cfg, rounds_per_task=2, settings=ClusterSettings(gpus=0))
     assert pipeline.rounds_per_run == 4
     pipeline(config_json=json.dumps(pipe_cfg.model_dump(mode="json")), pipeline_version="v-test")
     store = MinioStore.from_env(bucket=bucket, prefix="runs", endpoint=s3_server.endpoint)
@@ -101,7 +102,8 @@ def test_fan_out_pipeline_matches_local_engine(tmp_path, monkeypatch):
     cfg = parse_experiment({**raw, "storage": {"kind": "local", "root": str(tmp_path / "pipe")}})
     ref = parse_experiment({**raw, "storage": {"kind": "local", "root": str(tmp_path / "ref")}})
     start_kfp_local(tmp_path, monkeypatch)
-    build_experiment_pipeline(cfg, fan_out=True)(config_json=json.dumps(cfg.model_dump(mode="json")))
+    build_experiment_pipeline(cfg, fan_out=True, rounds_per_task=1,
+                              settings=ClusterSettings(gpus=0))(config_json=json.dumps(cfg.model_dump(mode="json")))
     run_experiment(ref, progress=False)
     got, got_metrics = load_round(LocalStore(tmp_path / "pipe"), cfg.experiment_id(), 1)
     want, want_metrics = load_round(LocalStore(tmp_path / "ref"), cfg.experiment_id(), 1)
@@ -122,7 +124,7 @@ def test_benchmark_pipeline_runs(tmp_path, monkeypatch):
     cfg = parse_experiment(tiny_config_dict(tmp_path, train={"rounds": 1}))
     cells = grid_configs(cfg, ["fedavg", "zerofill"], [0.5], [0])
     start_kfp_local(tmp_path, monkeypatch)
-    build_benchmark_pipeline(cells, name="local")()
+    build_benchmark_pipeline(cells, name="local", settings=ClusterSettings(gpus=0))()
     (run_dir,) = (Path(cfg.storage.root) / "benchmarks").iterdir()
     assert sorted(p.name for p in run_dir.iterdir()) == sorted(c.experiment_id() for c in cells)
     (report,) = (tmp_path / "kfp-root").glob("*/compare/report")
