@@ -16,10 +16,11 @@ from mmfl.config import ExperimentConfig
 from mmfl.engine import steps
 from mmfl.errors import ConfigError
 
-# Chosen from the per-task overhead measured under kfp.local (docs/kubeflow.md): with 10 rounds per
-# task the start-up of a task is a few percent of the training it does for the quickstart model,
-# and a failed task repeats at most 10 rounds (each round is checkpointed, so a retry resumes).
-DEFAULT_ROUNDS_PER_TASK = 10
+# Chosen from the per-task overhead measured under kfp.local (docs/kubeflow.md, bench/kfp_overhead.py):
+# about 35 s per task against about 7.6 s per quickstart round on the shared 2-core machine, so K = 25
+# keeps the start-up under 20 % of a task even for the smallest model; a retried task loses at most
+# the round in flight (each round is checkpointed).
+DEFAULT_ROUNDS_PER_TASK = 25
 
 
 def steps_per_round(cfg: ExperimentConfig, fan_out: bool = False) -> int:
@@ -42,7 +43,7 @@ def segment_rounds(cfg: ExperimentConfig, max_tasks: int = 40, fan_out: bool = F
         if max_tasks < 3:
             raise ConfigError(f"max_tasks = {max_tasks}: a run needs prepare, one train_rounds task and the chain task")
         chunks = min(max_tasks - 2, math.ceil(cfg.train.rounds / rounds_per_task))
-        return chunks * rounds_per_task
+        return min(chunks * rounds_per_task, cfg.train.rounds)
     per = steps_per_round(cfg, fan_out)
     if max_tasks - 2 < per:
         raise ConfigError(f"max_tasks = {max_tasks}: one round of {cfg.method.name} needs {per} tasks plus 2")
