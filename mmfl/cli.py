@@ -49,7 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         patterns = patterns or result.patterns
     console.print(matrix_table(rows, patterns))
     if len(configs) > 1 and all(runs) and len({(c.tracking.uri, c.tracking.experiment) for c in configs}) == 1:
-        from mmfl.io.comparison import start_comparison
+        from mmfl.engine.comparison import start_comparison
         from mmfl.io.tracking import MlflowTracker
 
         tracking = configs[0].tracking

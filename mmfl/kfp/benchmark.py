@@ -157,7 +157,7 @@ def compare_task(cells_json: list[str], name: str, html_path: str, cell_runs: li
     run_id = ""
     tracking = configs[0].tracking
     if tracking.enabled:
-        from mmfl.io.comparison import start_comparison
+        from mmfl.engine.comparison import start_comparison
         from mmfl.io.tracking import MlflowTracker
 
         # the parent lives in the cells' own experiment, so MLflow shows the cells nested under it
