@@ -14,15 +14,19 @@ def run_cell(config_json: str, result: Output[Artifact], run_key: str = "", fres
     With ``fresh``, ``run_key`` (the KFP run id) gives this benchmark run its own store prefix."""
     from mmfl.kfp.benchmark import run_cell_task
 
-    result.metadata.update(run_cell_task(config_json, result.path, run_key if fresh else ""))
+    result.metadata.update(run_cell_task(config_json, result.path, run_key if fresh else "", run_key))
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def compare(benchmark_name: str, results: Input[List[Artifact]], report: Output[HTML]):
-    """Comparison table and accuracy-vs-missing-rate plot of all cells, logged to MLflow."""
+def compare(benchmark_name: str, results: Input[List[Artifact]], report: Output[HTML], kfp_run_id: str = "",
+            kfp_run_name: str = ""):
+    """Comparison table and accuracy-vs-missing-rate plot of all cells, logged to MLflow as a dated
+    parent run with the cells' runs nested under it."""
     import json
 
     from mmfl.kfp.benchmark import compare_task
+    from mmfl.kfp.tasks import kfp_tags
 
-    cells = [json.loads(open(r.path).read())["config"] for r in results]
-    report.metadata.update(compare_task(cells, benchmark_name, report.path))
+    manifests = [json.loads(open(r.path).read()) for r in results]
+    report.metadata.update(compare_task([m["config"] for m in manifests], benchmark_name, report.path,
+                                        [m.get("run_id", "") for m in manifests], kfp_tags(kfp_run_id, kfp_run_name)))

@@ -36,16 +36,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mmfl.local import run_experiment
     from mmfl.results import matrix_table
 
-    rows, patterns = [], []
-    for cfg in _configs(args):
+    rows, patterns, runs = [], [], []
+    configs = _configs(args)
+    for cfg in configs:
         console.print(f"[bold]experiment[/bold] {cfg.experiment_id()}  ({cfg.data.name}, {cfg.partition.num_clients} clients, "
                       f"train missing {cfg.missing.label()})")
         result = run_experiment(cfg, progress=not args.no_progress)
         if result.resumed_from:
             console.print(f"  resumed from round {result.resumed_from}")
         rows.append(result.row(cfg))
+        runs.append(result.run_id)
         patterns = patterns or result.patterns
     console.print(matrix_table(rows, patterns))
+    if len(configs) > 1 and all(runs) and len({(c.tracking.uri, c.tracking.experiment) for c in configs}) == 1:
+        from mmfl.engine.comparison import start_comparison
+        from mmfl.io.tracking import MlflowTracker
+
+        tracking = configs[0].tracking
+        tracker = MlflowTracker(tracking.uri, tracking.experiment)
+        parent = start_comparison(tracker, f"{configs[0].name} comparison", rows, patterns, runs,
+                                  params={"data": configs[0].data.name, "rounds": configs[0].train.rounds})
+        tracker.finish("FINISHED")
+        console.print(f"comparison run {parent} (the {len(runs)} experiments nested under it)")
     return 0
 
 
@@ -66,6 +78,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if round_index is None:
             raise ArtifactError(f"no checkpoint of experiment {exp_id} in {store!r}; run it first")
         state, _ = load_round(store, exp_id, round_index)
+        steps.apply_execution_settings(cfg)
         data = steps.prepare_data(cfg)
         patterns = eval_patterns(data.spec.names, cfg.eval.patterns)
         rows.append(result_row(cfg, state.round, steps.evaluate(cfg, state, data.test)))

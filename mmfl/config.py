@@ -176,7 +176,8 @@ class TrainConfig(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     engine: Literal["loop", "vectorized"] = "loop"
-    device: str = "cpu"
+    device: str = Field(
+        "auto", description="torch device: auto (CUDA when torch sees one, else CPU), cpu, cuda or cuda:<index>")
     vector_chunk: int = Field(64, ge=1, description="Vectorized engine: clients trained together per chunk")
     compile: bool = Field(False, description="Vectorized engine: torch.compile the per-step function")
     threads: int | None = Field(
@@ -190,10 +191,13 @@ class TrainConfig(_Strict):
     def _device(cls, v: str) -> str:
         import torch
 
+        if v == "auto":
+            return v
+
         try:
             torch.device(v)
         except (RuntimeError, ValueError):
-            raise ValueError(f"unknown torch device {v!r}; use cpu, cuda or cuda:<index>") from None
+            raise ValueError(f"unknown torch device {v!r}; use auto, cpu, cuda or cuda:<index>") from None
         return v
 
 

@@ -28,8 +28,9 @@ def build_benchmark_pipeline(cells: list[ExperimentConfig], name: str = "benchma
     def benchmark(cells_json: list = default_cells, benchmark_name: str = name, fresh: bool = True):
         with dsl.ParallelFor(items=cells_json, parallelism=parallelism, name="grid") as cell:
             run = configure(run_cell(config_json=cell, run_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER, fresh=fresh),
-                            settings, True, "experiment")
-        configure(compare(benchmark_name=benchmark_name, results=dsl.Collected(run.outputs["result"])), settings,
-                  False, "compare")
+                            settings, "run_cell", "experiment")
+        configure(compare(benchmark_name=benchmark_name, results=dsl.Collected(run.outputs["result"]),
+                          kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER),
+                  settings, "compare")
 
     return benchmark

@@ -16,11 +16,19 @@ import yaml
 from mmfl.config import ExperimentConfig, parse_config
 from mmfl.errors import ConfigError
 from mmfl.methods import resolve
-from pipelines.cluster import ClusterSettings
+from pipelines.cluster import ClusterSettings, load_cluster_settings
+from pipelines.segments import DEFAULT_ROUNDS_PER_TASK, Cost, experiment_cost
 
-def cluster_config(cfg: ExperimentConfig) -> ExperimentConfig:
-    """The same experiment, with storage and tracking that pods can reach (experiment id unchanged)."""
+
+def cluster_config(cfg: ExperimentConfig, gpus: int = 1) -> ExperimentConfig:
+    """The same experiment, with storage and tracking that pods can reach (experiment id unchanged).
+
+    GPU tasks train on the device the pod has (``train.device: auto``); a config that pins the CPU
+    while tasks request GPUs is refused, since every GPU would sit idle."""
     data = cfg.model_dump(mode="json")
+    if gpus > 0 and str(data["train"]["device"]).startswith("cpu"):
+        raise ConfigError(f"train.device = {data['train']['device']!r} with --gpus {gpus}: GPU tasks would hold a GPU "
+                          "and train on the CPU; use train.device=auto (the default) or --gpus 0")
     if data["storage"]["kind"] != "minio":
         data["storage"] = {"kind": "minio", "root": "runs", "bucket": data["storage"]["bucket"], "endpoint": None,
                            "secure": False}
@@ -38,16 +46,24 @@ class CompileOptions:
     fan_out: bool = False
     max_tasks: int = 40
     image: str | None = None
-    gpus: int = 1
+    gpus: int | None = None  # None: the cluster file's, else 1
     methods: list[str] = field(default_factory=list)
     rates: list[float] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     benchmark_name: str = "benchmark"
     parallelism: int = 4
+    rounds_per_task: int = DEFAULT_ROUNDS_PER_TASK
+    cluster_file: str | None = None
+    step_settings: list[str] = field(default_factory=list)
 
 
 def _settings(opts: CompileOptions) -> ClusterSettings:
-    return ClusterSettings(gpus=opts.gpus)
+    return load_cluster_settings(opts.cluster_file, opts.step_settings, opts.gpus)
+
+
+def cost_of(cfg: ExperimentConfig, opts: CompileOptions, chain: bool = True) -> Cost:
+    """Runs, tasks and pods the experiment costs with these options (printed by ``mmfl compile``)."""
+    return experiment_cost(cfg, opts.rounds_per_task, opts.max_tasks, opts.fan_out, chain)
 
 
 def _write(pipeline: Any, path: Path, image: str | None) -> Path:
@@ -69,15 +85,17 @@ def compile_experiment(cfg: ExperimentConfig, path: Path, opts: CompileOptions |
     opts = opts or CompileOptions()
     from pipelines.experiment import build_experiment_pipeline
 
-    pipeline = build_experiment_pipeline(cluster_config(cfg), rounds=opts.rounds_per_run, fan_out=opts.fan_out,
-                                         settings=_settings(opts), max_tasks=opts.max_tasks)
+    settings = _settings(opts)
+    pipeline = build_experiment_pipeline(cluster_config(cfg, settings.gpus), rounds=opts.rounds_per_run,
+                                         fan_out=opts.fan_out, settings=settings, max_tasks=opts.max_tasks,
+                                         rounds_per_task=opts.rounds_per_task)
     return _write(pipeline, path, opts.image), pipeline.rounds_per_run
 
 
 def benchmark_cells(cfg: ExperimentConfig, opts: CompileOptions) -> list[ExperimentConfig]:
     from mmfl.kfp.benchmark import benchmark_cells as cells
 
-    return cells(cluster_config(cfg), opts.methods or None, opts.rates or None, opts.seeds or None)
+    return cells(cluster_config(cfg, _settings(opts).gpus), opts.methods or None, opts.rates or None, opts.seeds or None)
 
 
 def compile_benchmark(cfg: ExperimentConfig, path: Path, opts: CompileOptions | None = None) -> tuple[Path, int]:
@@ -91,12 +109,19 @@ def compile_benchmark(cfg: ExperimentConfig, path: Path, opts: CompileOptions | 
     return _write(pipeline, path, opts.image), len(cells)
 
 
-def pipeline_arguments(cfg: ExperimentConfig, benchmark: bool, opts: CompileOptions) -> dict[str, Any]:
+def pipeline_arguments(cfg: ExperimentConfig, benchmark: bool, opts: CompileOptions, chain: bool = False,
+                       pipeline_version: str = "") -> dict[str, Any]:
     """Run parameters that carry the config, so one compiled package serves many configs."""
     if benchmark:
         return {"cells_json": [json.dumps(c.model_dump(mode="json"), sort_keys=True) for c in benchmark_cells(cfg, opts)],
                 "benchmark_name": opts.benchmark_name}
-    return {"config_json": json.dumps(cluster_config(cfg).model_dump(mode="json"), sort_keys=True)}
+    args: dict[str, Any] = {"config_json": json.dumps(cluster_config(cfg, _settings(opts).gpus).model_dump(mode="json"),
+                                                      sort_keys=True)}
+    if chain:
+        args["chain"] = True
+    if pipeline_version:
+        args["pipeline_version"] = pipeline_version
+    return args
 
 
 def check_cron(expr: str) -> str:

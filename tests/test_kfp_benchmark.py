@@ -24,15 +24,19 @@ def test_grid_cells_then_comparison_in_mlflow(tmp_path, mlflow_uri):
     assert [(c.method.name, c.missing.rate) for c in cells] == [("fedavg", 0.2), ("fedavg", 0.6), ("zerofill", 0.2), ("zerofill", 0.6)]
     assert len({c.experiment_id() for c in cells}) == 4
     cells = [cells[0], cells[3]]  # two cells that differ in method and rate keep the test short
-    cell_json = []
+    cell_json, cell_runs = [], []
     for i, cfg in enumerate(cells):
         # a fresh benchmark run keeps its cells under its own prefix (the KFP run id)
-        meta = run_cell_task(json.dumps(cfg.model_dump(mode="json")), str(tmp_path / f"cell{i}"), run_key="run/7")
+        meta = run_cell_task(json.dumps(cfg.model_dump(mode="json")), str(tmp_path / f"cell{i}"), run_key="run/7",
+                             kfp_run_id="run/7")
         assert meta["rounds"] == 1 and meta["experiment_id"] == cfg.experiment_id()
-        cell_json.append(json.loads((tmp_path / f"cell{i}").read_text())["config"])  # as the compare component does
+        manifest = json.loads((tmp_path / f"cell{i}").read_text())  # as the compare component reads it
+        cell_json.append(manifest["config"])
+        cell_runs.append(manifest["run_id"])
     assert json.loads(cell_json[0])["storage"]["root"] == f"{base.storage.root}/benchmarks/run-7"
 
-    meta = compare_task(cell_json, "nightly", str(tmp_path / "report.html"))
+    meta = compare_task(cell_json, "nightly", str(tmp_path / "report.html"), cell_runs,
+                        {"kfp.run_id": "run/7", "kfp.run_name": "nightly-2026"})
     assert meta["cells"] == 2 and meta["mlflow_run_id"]
     html = (tmp_path / "report.html").read_text()
     assert "<table" in html and "data:image/png;base64," in html and "zerofill" in html
@@ -40,9 +44,16 @@ def test_grid_cells_then_comparison_in_mlflow(tmp_path, mlflow_uri):
     client = MlflowClient(mlflow_uri)
     run = client.get_run(meta["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["mmfl.kind"] == "benchmark"
-    assert client.get_experiment(run.info.experiment_id).name == "bench-test-benchmarks"
+    assert run.data.tags["kfp.run_id"] == "run/7" and run.data.tags["kfp.run_name"] == "nightly-2026"
+    # a dated parent run in the cells' experiment, the cells nested under it (as the MLflow UI shows them)
+    assert client.get_experiment(run.info.experiment_id).name == "bench-test"
+    assert run.info.run_name.startswith("nightly 20") and run.info.run_name.endswith("UTC")
+    nested = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert sorted(r.info.run_id for r in nested) == sorted(cell_runs)
+    assert all(r.data.tags["kfp.run_id"] == "run/7" and r.data.tags["mmfl.engine"] == "kfp" for r in nested)
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"benchmark_summary.json", "benchmark_cells.json", "benchmark_accuracy_vs_missing_rate.png"} <= arts
+    assert {"benchmark_summary.json", "benchmark_cells.json", "benchmark_accuracy_vs_missing_rate.png",
+            "comparison_table.json", "comparison_accuracy.png"} <= arts
     summary = json.loads(open(client.download_artifacts(run.info.run_id, "benchmark_summary.json", str(tmp_path))).read())
     cols = summary["columns"]
     rows = [dict(zip(cols, r)) for r in summary["data"]]

@@ -26,7 +26,7 @@ from tests.helpers.kfp_local import start_kfp_local
 def run_round_tasks(config_json: str, workdir: Path) -> None:
     """The tasks of a one-round segment, in order, with files as the artifacts between them."""
     workdir.mkdir(parents=True, exist_ok=True)
-    start, _ = kfp_io.prepare_task(config_json, str(workdir / "checkpoint"))
+    start, _, _ = kfp_io.prepare_task(config_json, str(workdir / "checkpoint"))
     kfp_io.client_train_task(config_json, start, 0, str(workdir / "updates"))
     kfp_io.upload_prototypes_task(config_json, start, 0, str(workdir / "updates"), str(workdir / "uploads"))
     kfp_io.aggregate_task(config_json, start, 0, [str(workdir / "uploads")], str(workdir / "aggregated"))

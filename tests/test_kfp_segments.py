@@ -25,7 +25,7 @@ from tests.conftest import tiny_config_dict
 def run_segment(config_json: str, rounds: int, workdir: Path) -> list[dict]:
     """What the compiled experiment pipeline does, task by task, with files as artifacts."""
     workdir.mkdir(parents=True, exist_ok=True)
-    start, _ = io.prepare_task(config_json, str(workdir / "checkpoint"))
+    start, _, _ = io.prepare_task(config_json, str(workdir / "checkpoint"))
     out = []
     for k in range(rounds):
         io.client_train_task(config_json, start, k, str(workdir / f"updates-{k}"))
@@ -77,7 +77,7 @@ def test_segment_resumes_local_engine_and_chains(tmp_path):
 def test_retried_task_reuses_its_output(tmp_path):
     cfg = parse_experiment(tiny_config_dict(tmp_path, train={"rounds": 1}))
     config_json = json.dumps(cfg.model_dump(mode="json"))
-    start, _ = io.prepare_task(config_json, str(tmp_path / "ckpt"))
+    start, _, _ = io.prepare_task(config_json, str(tmp_path / "ckpt"))
     m1 = io.client_train_task(config_json, start, 0, str(tmp_path / "u1"))
     store, exp_id = LocalStore(cfg.storage.root), cfg.experiment_id()
     key = f"{exp_id}/rounds/00001/updates/client_00000/update.safetensors"
@@ -111,11 +111,18 @@ def test_per_client_slot_and_fan_in_equal_one_task(tmp_path):
 def test_segment_length_fits_task_budget(tmp_path):
     cfg = parse_experiment(tiny_config_dict(tmp_path, train={"rounds": 100}))
     assert segments.steps_per_round(cfg) == 3  # fedavg: client_train, aggregate, evaluate
-    assert segments.segment_rounds(cfg, max_tasks=40) == 13
-    assert segments.segments_needed(cfg, 13) == 8
+    assert segments.segment_rounds(cfg, max_tasks=40) == 12  # prepare and the chain task take two
+    assert segments.segments_needed(cfg, 12) == 9 and segments.segments_needed(cfg, 12, done=96) == 1
     assert segments.steps_per_round(cfg, fan_out=True) == 4 + 2
-    with pytest.raises(ConfigError, match="max_tasks = 3"):
-        segments.segment_rounds(cfg, max_tasks=3)
+    with pytest.raises(ConfigError, match="max_tasks = 4"):
+        segments.segment_rounds(cfg, max_tasks=4)
+    # K rounds per task: 38 tasks of K rounds fit a run; the cost counts only tasks that start
+    assert segments.segment_rounds(cfg, max_tasks=40, rounds_per_task=10) == 100
+    cost = segments.experiment_cost(cfg, rounds_per_task=10)
+    assert (cost.runs, cost.tasks) == (1, 1 + 10)
+    assert segments.experiment_cost(cfg, rounds_per_task=1, done=96).tasks == 1 + 4 * 3
+    with pytest.raises(ConfigError, match="--fan-out with rounds_per_task = 2"):
+        segments.segment_rounds(cfg, fan_out=True, rounds_per_task=2)
     with pytest.raises(ConfigError, match="config_json"):
         io.load_cfg("{not json")
 

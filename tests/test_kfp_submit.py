@@ -50,21 +50,71 @@ def test_submit_creates_experiment_and_run(api, config_file, tmp_path):
     assert sent.storage.kind == "minio" and sent.storage.endpoint is None  # pods take it from the ConfigMap
     spec = body["pipeline_spec"]
     assert "kubernetes" in spec["platform_spec"]["platforms"]
-    assert len(spec["pipeline_spec"]["root"]["dag"]["tasks"]) == 1 + 3 * 5
+    assert set(spec["pipeline_spec"]["root"]["dag"]["tasks"]) == {"prepare", "condition-1"}  # rounds under conditions
     assert all(not t.get("cachingOptions", {}).get("enableCache") for t in spec["pipeline_spec"]["root"]["dag"]["tasks"].values())
 
 
-def test_submit_chain_runs_every_segment(api, tmp_path):
+def test_interrupted_chain_resumes_only_the_missing_segments(api, tmp_path):
+    """Segments of 2 rounds, 5 rounds in all; the chain stopped after round 2. Submitting again
+    starts segment 2/3; its last task submits 3/3 through the API; after that nothing more."""
+    from mmfl.io import store_of
+    from mmfl.kfp.chain import continue_task
+    from mmfl.local import run_experiment
+
     host, state = api
     cfg = parse_experiment(tiny_config_dict(tmp_path, train={"rounds": 5}))
-    done = submit(cfg, host, experiment="chain", opts=CompileOptions(rounds_per_run=2), chain=True, log=lambda _: None)
-    assert done.segments == 3 and len(done.run_ids) == 3
-    assert [b["display_name"].split()[-1] for b in _posts(state, "/runs")] == ["seg1/3", "seg2/3", "seg3/3"]
-    gets = [p for m, p, _ in state.requests if m == "GET" and "/runs/" in p]
-    assert gets == [f"/apis/v2beta1/runs/{done.run_ids[0]}", f"/apis/v2beta1/runs/{done.run_ids[1]}"]
-    state.run_state = "FAILED"
-    with pytest.raises(MmflError, match="ended FAILED"):
-        submit(cfg, host, experiment="chain", opts=CompileOptions(rounds_per_run=2), chain=True, log=lambda _: None)
+    opts = CompileOptions(rounds_per_run=2, rounds_per_task=1, gpus=0)
+    run_experiment(cfg, stop_after=2, progress=False)  # the first segment's progress in the store
+    done = submit(cfg, host, experiment="chain", opts=opts, chain=True, log=lambda _: None)
+    assert state.rejected == [] and done.segments == 2 and len(done.run_ids) == 1
+    (first,) = _posts(state, "/runs")
+    assert first["display_name"] == f"{cfg.experiment_id()} seg2/3"
+    assert first["runtime_config"]["parameters"]["chain"] is True
+
+    # the segment's last task (in the cluster) after it trained rounds 3-4: the next run, like this one
+    run_experiment(cfg, stop_after=4, progress=False)
+    config_json = json.dumps(cfg.model_dump(mode="json"))
+    made = continue_task(config_json, done.run_ids[0], start_round=2, rounds_per_run=2, host=host)
+    assert state.rejected == [] and made["next_run_id"]
+    second = _posts(state, "/runs")[-1]
+    assert second["display_name"] == f"{cfg.experiment_id()} seg3/3"
+    assert second["pipeline_spec"] == first["pipeline_spec"]
+    assert second["runtime_config"]["parameters"] == first["runtime_config"]["parameters"]
+    assert second["experiment_id"] == first["experiment_id"]
+
+    # a segment that made no progress does not loop; a finished experiment submits nothing
+    with pytest.raises(MmflError, match="still at round 4 of 5"):
+        continue_task(config_json, made["next_run_id"], start_round=4, rounds_per_run=2, host=host)
+    run_experiment(cfg, progress=False)
+    assert continue_task(config_json, made["next_run_id"], 4, 2, host)["next_run_id"] == ""
+    assert submit(cfg, host, experiment="chain", opts=opts, chain=True, log=lambda _: None).run_ids == []
+    assert len(_posts(state, "/runs")) == 2
+    assert latest(store_of(cfg.storage), cfg) == 5
+
+
+def latest(store, cfg):
+    from mmfl.io.layout import latest_round
+
+    return latest_round(store, cfg.experiment_id())
+
+
+def test_upload_then_submit_and_schedule_a_version(api, config_file):
+    host, state = api
+    for v in ("v1", "v2"):
+        assert main(["upload", str(config_file), "--host", host, "--name", "mmfl-exp", "--version", v]) == 0
+    assert state.rejected == [] and len(state.pipelines) == 1 and len(state.versions) == 2
+    (pid,) = state.pipelines
+    vid = [k for k, v in state.versions.items() if v["display_name"] == "v2"][0]
+    assert main(["submit", str(config_file), "--host", host, "--pipeline-id", pid, "--version-id", vid,
+                 "--version-label", "v2"]) == 0
+    run = _posts(state, "/runs")[-1]
+    assert run["pipeline_version_reference"] == {"pipeline_id": pid, "pipeline_version_id": vid}
+    assert "pipeline_spec" not in run or not run["pipeline_spec"]
+    assert run["runtime_config"]["parameters"]["pipeline_version"] == "v2"
+    assert main(["schedule", str(config_file), "--host", host, "--cron", "0 3 * * *", "--experiment-pipeline",
+                 "--pipeline-id", pid, "--version-id", vid]) == 0
+    job = _posts(state, "/recurringruns")[-1]
+    assert job["pipeline_version_reference"]["pipeline_version_id"] == vid and state.rejected == []
 
 
 def test_schedule_recurring_benchmark(api, config_file):

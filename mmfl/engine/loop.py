@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmfl.config import ExperimentConfig
+from mmfl.data import FederatedData
 from mmfl.data.missing import eval_patterns
 from mmfl.engine import steps
 from mmfl.engine.robust import RoundFailedError, record_round_clients
@@ -47,12 +48,17 @@ def run_experiment(
     on_round: RoundCallback | None = None,
     stop_after: int | None = None,
     engine: str = "local",
+    data: FederatedData | None = None,
+    tags: dict[str, str] | None = None,
 ) -> ExperimentResult:
-    """Run (or resume) one experiment to ``cfg.train.rounds`` rounds; ``stop_after`` stops early."""
+    """Run (or resume) one experiment to ``cfg.train.rounds`` rounds; ``stop_after`` stops early.
+
+    ``data`` is the prepared data when the caller has it (a pipeline task reads the shards from the
+    store); ``tags`` are added to the experiment's run (e.g. the KFP run that trains these rounds)."""
     resolve(cfg)
-    session = ExperimentSession(cfg, store or store_of(cfg.storage), tracker, engine=engine)
+    session = ExperimentSession(cfg, store or store_of(cfg.storage), tracker, engine=engine, tags=tags)
     steps.apply_execution_settings(cfg)
-    data = steps.prepare_data(cfg)
+    data = data if data is not None else steps.prepare_data(cfg)
     patterns = eval_patterns(data.spec.names, cfg.eval.patterns)
     shards = dict(enumerate(data.clients))
     start, state = session.begin(data.spec)

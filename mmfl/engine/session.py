@@ -43,8 +43,10 @@ def round_metrics(history_entry: dict[str, Any], evaluation: dict[str, Any] | No
 class ExperimentSession:
     """The store and tracker side of one experiment (``engine``: ``local`` or ``kfp``, a run tag)."""
 
-    def __init__(self, cfg: ExperimentConfig, store: ArtifactStore, tracker: Any = None, engine: str = "local"):
+    def __init__(self, cfg: ExperimentConfig, store: ArtifactStore, tracker: Any = None, engine: str = "local",
+                 tags: dict[str, str] | None = None):
         self.cfg, self.store, self.engine = cfg, store, engine
+        self.tags = dict(tags or {})  # extra run tags, e.g. the KFP run that drives this segment
         self.exp_id = cfg.experiment_id()
         self._tracker = tracker
 
@@ -80,7 +82,7 @@ class ExperimentSession:
             run_name=f"{cfg.name}/{cfg.method.name}/s{cfg.seed}",
             params=cfg.model_dump(mode="json"),
             tags={"mmfl.experiment_id": self.exp_id, "mmfl.method": cfg.method.name,
-                  "mmfl.train_missing": cfg.missing.label(), "mmfl.engine": self.engine},
+                  "mmfl.train_missing": cfg.missing.label(), "mmfl.engine": self.engine, **self.tags},
             run_id=previous.get("run_id"),
         )
         if run_id and run_id != previous.get("run_id"):

@@ -30,7 +30,12 @@ from mmfl.methods.base import Context
 
 
 def apply_execution_settings(cfg: ExperimentConfig) -> None:
-    """Process-wide settings of the config (``train.threads``) and a check that ``train.device`` exists here."""
+    """Process-wide settings of the config (``train.threads``) and a check that ``train.device`` exists here.
+
+    ``train.device: auto`` becomes ``cuda`` when torch sees a CUDA device and ``cpu`` otherwise (the
+    config is updated in place; the experiment id does not depend on the device)."""
+    if cfg.train.device == "auto":
+        cfg.train.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(cfg.train.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device = {cfg.train.device!r}: torch sees no CUDA device on this machine")

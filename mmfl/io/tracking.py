@@ -86,6 +86,9 @@ class MlflowTracker:
             if run is not None:
                 self.run_id = run_id
                 self.client.update_run(run_id, status="RUNNING")
+                for key, value in tags.items():  # the driver now continuing the run (e.g. a new KFP run)
+                    if run.data.tags.get(key) != value:
+                        self.client.set_tag(run_id, key, value)
                 return run_id
         run = self.client.create_run(self.experiment_id(), run_name=run_name, tags=tags)
         self.run_id = run.info.run_id
@@ -110,6 +113,15 @@ class MlflowTracker:
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+
+    def run_url(self, run_id: str | None = None) -> str:
+        """The MLflow UI page of a run (``$MLFLOW_UI_URL`` when the UI is reached at another address)."""
+        base = (os.environ.get("MLFLOW_UI_URL") or self.uri).rstrip("/")
+        return f"{base}/#/experiments/{self.experiment_id()}/runs/{run_id or self.run_id}"
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.run_id:

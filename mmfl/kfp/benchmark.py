@@ -50,14 +50,18 @@ def fresh_config(cfg: ExperimentConfig, run_key: str) -> ExperimentConfig:
     return cell
 
 
-def run_cell_task(config_json: str, result_path: str, run_key: str = "") -> dict[str, Any]:
-    """Run (or resume) one experiment to the end; with ``run_key``, under that benchmark run's prefix."""
+def run_cell_task(config_json: str, result_path: str, run_key: str = "", kfp_run_id: str = "") -> dict[str, Any]:
+    """Run (or resume) one experiment to the end; with ``run_key``, under that benchmark run's prefix.
+    The cell's MLflow run is tagged with the KFP run (``kfp_run_id``)."""
     from mmfl.engine.loop import run_experiment
+    from mmfl.kfp.runtime import setup_task
+    from mmfl.kfp.tasks import kfp_tags
 
     cfg = load_cfg(config_json)
     if run_key:
         cfg = fresh_config(cfg, run_key)
-    result = run_experiment(cfg)
+    setup_task(cfg)
+    result = run_experiment(cfg, engine="kfp", tags=kfp_tags(kfp_run_id))
     return write_manifest(result_path, {"experiment_id": result.experiment_id, "run_id": result.run_id or "",
                                         "rounds": result.rounds_done,
                                         "config": json.dumps(cfg.model_dump(mode="json"), sort_keys=True)})
@@ -133,8 +137,10 @@ def summary_html(summary: dict[str, list], png: bytes, title: str) -> str:
             f"<img src='data:image/png;base64,{img}'/></body></html>")
 
 
-def compare_task(cells_json: list[str], name: str, html_path: str) -> dict[str, Any]:
-    """Comparison table and plot of all cells, logged to MLflow (experiment ``<tracking>-benchmarks``)."""
+def compare_task(cells_json: list[str], name: str, html_path: str, cell_runs: list[str] | None = None,
+                 tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """Comparison table and plot of all cells, logged to MLflow as a dated parent run of the cells' runs
+    (``cell_runs``, their MLflow run ids) in the cells' experiment; ``tags`` name the KFP run."""
     from matplotlib import pyplot as plt
 
     configs = [load_cfg(c) for c in cells_json]
@@ -151,16 +157,20 @@ def compare_task(cells_json: list[str], name: str, html_path: str) -> dict[str, 
     run_id = ""
     tracking = configs[0].tracking
     if tracking.enabled:
+        from mmfl.engine.comparison import start_comparison
         from mmfl.io.tracking import MlflowTracker
 
-        tracker = MlflowTracker(tracking.uri, f"{tracking.experiment}-benchmarks")
-        run_id = tracker.start(run_name=name, params={"cells": len(configs), "rounds": configs[0].train.rounds,
-                                                      "data": configs[0].data.name},
-                               tags={"mmfl.kind": "benchmark", "mmfl.benchmark": name})
+        # the parent lives in the cells' own experiment, so MLflow shows the cells nested under it
+        tracker = MlflowTracker(tracking.uri, tracking.experiment)
+        run_id = start_comparison(tracker, name, rows, patterns, [r for r in (cell_runs or []) if r],
+                                  tags={"mmfl.kind": "benchmark", "mmfl.benchmark": name, **(tags or {})},
+                                  params={"cells": len(configs), "rounds": configs[0].train.rounds,
+                                          "data": configs[0].data.name})
         tracker.log_table(summary, "benchmark_summary.json")
         tracker.log_table(matrix_records(rows, patterns), "benchmark_cells.json")
         tracker.log_figure(fig, "benchmark_accuracy_vs_missing_rate.png")
-        tracker.log_dict({"experiments": [c.experiment_id() for c in configs]}, "benchmark_cells_index.json")
+        tracker.log_dict({"experiments": [c.experiment_id() for c in configs], "runs": cell_runs or []},
+                         "benchmark_cells_index.json")
         tracker.finish("FINISHED")
     plt.close(fig)
     return {"cells": len(configs), "mlflow_run_id": run_id or "", "patterns": ",".join(patterns)}

@@ -47,7 +47,9 @@ from mmfl.io.layout import (
     load_test,
     round_prefix,
     step_key,
+    tracking_key,
 )
+from mmfl.kfp.runtime import setup_task
 from mmfl.methods import resolve
 from mmfl.state import ClientUpdate, RoundState
 
@@ -108,7 +110,7 @@ def _round_status(cfg: ExperimentConfig, store: ArtifactStore, round_index: int)
 def _open_round(config_json: str, round_index: int) -> tuple[ExperimentConfig, ArtifactStore, str, str | None]:
     """What every per-round task starts with: config, store, experiment id and the round's status."""
     cfg = load_cfg(config_json)
-    steps.apply_execution_settings(cfg)
+    setup_task(cfg)
     store = store_of(cfg)
     return cfg, store, cfg.experiment_id(), _round_status(cfg, store, round_index)
 
@@ -140,24 +142,82 @@ def ensure_data(cfg: ExperimentConfig, store: ArtifactStore) -> DataSpec:
 
 
 
-def session_of(cfg: ExperimentConfig, store: ArtifactStore) -> ExperimentSession:
+def kfp_tags(run_id: str = "", run_name: str = "", pipeline_version: str = "") -> dict[str, str]:
+    """MLflow tags naming the KFP run that drives a task (empty values are left out)."""
+    tags = {"kfp.run_id": run_id, "kfp.run_name": run_name, "kfp.pipeline_version": pipeline_version}
+    return {k: v for k, v in tags.items() if v and not v.startswith("{{")}  # an unresolved placeholder is no value
+
+
+def session_of(cfg: ExperimentConfig, store: ArtifactStore, tags: dict[str, str] | None = None) -> ExperimentSession:
     """The experiment session (MLflow run, checkpoints) that the local engine uses too."""
-    return ExperimentSession(cfg, store, engine="kfp")
+    return ExperimentSession(cfg, store, engine="kfp", tags=tags)
+
+
+def mlflow_link(session: ExperimentSession, run_id: str | None) -> str:
+    """Markdown for the KFP UI: a link to the experiment's MLflow run (or why there is none)."""
+    if not run_id:
+        return f"# {session.exp_id}\n\nMLflow tracking is off for this experiment (`tracking.enabled: false`).\n"
+    url = session.tracker.run_url(run_id)
+    return (f"# {session.exp_id}\n\nMLflow run: [{run_id}]({url})\n\n"
+            f"Tags: `mmfl.experiment_id={session.exp_id}`, " + ", ".join(f"`{k}={v}`" for k, v in session.tags.items()) + "\n")
 
 
 # --- the tasks --------------------------------------------------------------------------------------
-def prepare_task(config_json: str, checkpoint_path: str) -> tuple[int, dict[str, Any]]:
-    """Data shards and the starting checkpoint (initial state, or the latest completed round)."""
+def prepare_task(config_json: str, checkpoint_path: str, link_path: str | None = None,
+                 tags: dict[str, str] | None = None) -> tuple[int, int, dict[str, Any]]:
+    """Data shards and the starting checkpoint (initial state, or the latest completed round).
+
+    Returns (rounds done, rounds remaining, manifest metadata); writes a Markdown link to the
+    experiment's MLflow run to ``link_path`` (shown in the KFP UI)."""
     cfg = load_cfg(config_json)
     store, exp_id = store_of(cfg), cfg.experiment_id()
     spec = ensure_data(cfg, store)
-    session = session_of(cfg, store)
+    session = session_of(cfg, store, tags)
     start, _ = session.begin(spec)
-    if start < cfg.train.rounds:
-        session.open_run()
+    run_id = session.open_run() if start < cfg.train.rounds else _stored_run_id(store, exp_id)
+    if link_path:
+        Path(link_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(link_path).write_text(mlflow_link(session, run_id))
     meta = write_manifest(checkpoint_path, {"experiment_id": exp_id, "round": start, "state": round_prefix(exp_id, start),
-                                            "store": repr(store), "rounds_total": cfg.train.rounds})
-    return start, meta
+                                            "store": repr(store), "rounds_total": cfg.train.rounds,
+                                            "mlflow_run_id": run_id or ""})
+    return start, cfg.train.rounds - start, meta
+
+
+def _stored_run_id(store: ArtifactStore, exp_id: str) -> str | None:
+    key = tracking_key(exp_id)
+    return store.get_json(key).get("run_id") if store.exists(key) else None
+
+
+def train_rounds_task(config_json: str, start_round: int, offset: int, rounds_per_task: int, checkpoint_path: str,
+                      tags: dict[str, str] | None = None) -> tuple[dict[str, Any], dict[str, float]]:
+    """Rounds ``start + offset*K + 1 .. start + (offset+1)*K`` (K = ``rounds_per_task``) in this process.
+
+    The rounds run through the local engine's loop (``engine/loop.py``) with the shards from the
+    store: each round is checkpointed and logged to MLflow as it completes, so a retried or
+    interrupted task continues from its last completed round."""
+    from mmfl.data import FederatedData
+    from mmfl.engine.loop import run_experiment
+
+    cfg = load_cfg(config_json)
+    setup_task(cfg)
+    store, exp_id = store_of(cfg), cfg.experiment_id()
+    first = start_round + offset * rounds_per_task + 1
+    last = min(cfg.train.rounds, first + rounds_per_task - 1)
+    if first > cfg.train.rounds:  # not scheduled by the pipeline (its conditions); kept safe for direct calls
+        return _skip(checkpoint_path, exp_id, first, "beyond"), {}
+    spec = load_spec(store, exp_id)
+    shards = load_shards(store, exp_id, list(range(cfg.partition.num_clients)))
+    data = FederatedData(spec, [shards[c] for c in range(cfg.partition.num_clients)], load_test(store, exp_id))
+    result = run_experiment(cfg, store, stop_after=last, engine="kfp", data=data, tags=tags)
+    evaluation = load_metrics(store, exp_id, last).get("eval")
+    meta = write_manifest(checkpoint_path, {"experiment_id": exp_id, "round": last, "state": round_prefix(exp_id, last),
+                                            "rounds": f"{first}-{last}", "mlflow_run_id": result.run_id or ""})
+    return meta, _flat_metrics(evaluation)
+
+
+def _flat_metrics(evaluation: dict[str, Any] | None) -> dict[str, float]:
+    return {f"{kind}_{pattern.replace(':', '_')}": v[kind] for pattern, v in (evaluation or {}).items() for kind in ("acc", "f1")}
 
 
 def client_train_task(config_json: str, start_round: int, offset: int, updates_path: str, client_slot: int = -1,
@@ -245,7 +305,8 @@ def schedule_task(config_json: str, start_round: int, offset: int, state_manifes
     return _server_step(config_json, start_round, offset, state_path, "schedule", compute)
 
 
-def evaluate_task(config_json: str, start_round: int, offset: int, state_manifest: str, checkpoint_path: str) -> tuple[dict[str, Any], dict[str, float]]:
+def evaluate_task(config_json: str, start_round: int, offset: int, state_manifest: str, checkpoint_path: str,
+                  tags: dict[str, str] | None = None) -> tuple[dict[str, Any], dict[str, float]]:
     """Evaluate (when due), log to MLflow, then commit the round checkpoint (metrics.json last)."""
     r = round_of(start_round, offset)
     cfg, store, exp_id, status = _open_round(config_json, r)
@@ -255,14 +316,14 @@ def evaluate_task(config_json: str, start_round: int, offset: int, state_manifes
         if state.round != r:
             raise ArtifactError(f"state for round {r} has round = {state.round}")
         evaluation = steps.evaluate(cfg, state, load_test(store, exp_id)) if steps.should_evaluate(cfg, r) else None
-        session = session_of(cfg, store)
+        session = session_of(cfg, store, tags)
         session.open_run()
         session.after_round(state, evaluation)
         if r == cfg.train.rounds:
             session.end(load_spec(store, exp_id))
     elif status == "done":
         evaluation = load_metrics(store, exp_id, r).get("eval")
-        session = session_of(cfg, store)
+        session = session_of(cfg, store, tags)
         if r == cfg.train.rounds and not session.finished():
             session.open_run()
             session.end(load_spec(store, exp_id))
@@ -270,5 +331,4 @@ def evaluate_task(config_json: str, start_round: int, offset: int, state_manifes
         return _skip(checkpoint_path, exp_id, r, status), {}
     meta = write_manifest(checkpoint_path, {"experiment_id": exp_id, "round": r, "state": round_prefix(exp_id, r),
                                             "evaluated": evaluation is not None})
-    flat = {f"{kind}_{pattern.replace(':', '_')}": v[kind] for pattern, v in (evaluation or {}).items() for kind in ("acc", "f1")}
-    return meta, flat
+    return meta, _flat_metrics(evaluation)
