@@ -14,6 +14,15 @@ from mmfl.models.feature_cache import FeatureCache
 _RESOURCES: dict[tuple[str, str | None, str, str], Resources] = {}
 
 
+def device_of(cfg: ExperimentConfig) -> str:
+    """The torch device of ``train.device`` here: ``auto`` is CUDA when torch sees one, else the CPU."""
+    if cfg.train.device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg.train.device
+
+
 def resources_for(cfg: ExperimentConfig) -> Resources:
     """The store and the caches (``store``: persisted in the artifact store; ``memory``) of ``cfg.storage``."""
     s = cfg.storage

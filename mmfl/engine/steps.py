@@ -24,7 +24,7 @@ from mmfl.data.dataset import DataSpec, MultimodalDataset
 from mmfl.engine import robust
 from mmfl.state import ClientUpdate, RoundState
 from mmfl.errors import ConfigError
-from mmfl.engine.resources import resources_for
+from mmfl.engine.resources import device_of, resources_for
 from mmfl.methods import Method, resolve
 from mmfl.methods.base import Context
 
@@ -52,7 +52,7 @@ def method_of(cfg: ExperimentConfig) -> Method:
 
 def context(cfg: ExperimentConfig, spec: DataSpec, round_index: int, client_id: int = -1, device: str | None = None) -> Context:
     """A method's view of a step, with the engine's resources (store, feature caches) handed over."""
-    return Context(cfg, spec, round_index, client_id, cfg.train.device if device is None else device, resources_for(cfg))
+    return Context(cfg, spec, round_index, client_id, device_of(cfg) if device is None else device, resources_for(cfg))
 
 
 def spec_of(state: RoundState) -> DataSpec:

@@ -28,7 +28,7 @@ import torch
 
 from mmfl.config import ExperimentConfig
 from mmfl.data.dataset import DataSpec, MultimodalDataset
-from mmfl.engine.resources import resources_for
+from mmfl.engine.resources import device_of, resources_for
 from mmfl.engine.vectorized.stack import ClientStack
 from mmfl.engine.vectorized.step import SGDSettings
 from mmfl.engine.vectorized.trainer import VectorTrainer
@@ -63,7 +63,7 @@ def method_reason(method: Method) -> str | None:
 def _setting_key(method: Method, cfg: ExperimentConfig, spec: DataSpec, cuda_graph: bool, static_buffers: bool) -> str:
     t = cfg.train
     return json.dumps([type(method).__module__, type(method).__qualname__, cfg.model.model_dump(), spec.to_json(),
-                       cfg.method.params, t.lr, t.momentum, t.weight_decay, t.device, t.compile, cuda_graph,
+                       cfg.method.params, t.lr, t.momentum, t.weight_decay, device_of(cfg), t.compile, cuda_graph,
                        static_buffers],
                       sort_keys=True, default=str)
 
@@ -76,7 +76,7 @@ def _trainer(method: Method, cfg: ExperimentConfig, state: RoundState, spec: Dat
     if found is not None:
         _TRAINERS.move_to_end(key)
         return found
-    ctx = Context(cfg, spec, state.round + 1, -1, cfg.train.device, resources_for(cfg))
+    ctx = Context(cfg, spec, state.round + 1, -1, device_of(cfg), resources_for(cfg))
     t = cfg.train
     model = method.load_model(state.model_weights(), ctx)
     probe = {n: p.detach() for n, p in model.named_parameters()}
@@ -87,7 +87,7 @@ def _trainer(method: Method, cfg: ExperimentConfig, state: RoundState, spec: Dat
             return method.penalty(params, anchor, ctx)
 
     trainer = VectorTrainer(model, state.model_weights(), SGDSettings(t.lr, t.momentum, t.weight_decay),
-                            torch.device(t.device), penalty=penalty, compile=t.compile,
+                            torch.device(device_of(cfg)), penalty=penalty, compile=t.compile,
                             cuda_graph=cuda_graph, static_buffers=static_buffers)
     reason = trainer.prepare(sample)
     found = reason if reason else trainer
@@ -149,7 +149,7 @@ def loop_train(method: Method, cfg: ExperimentConfig, state: RoundState,
     """The clients one by one, as the loop engine trains them (the reference of every equality check)."""
     spec = DataSpec.from_json(state.meta["data_spec"])
     resources = resources_for(cfg)
-    return [method.client_update(state, shards[c], Context(cfg, spec, state.round + 1, c, cfg.train.device, resources))
+    return [method.client_update(state, shards[c], Context(cfg, spec, state.round + 1, c, device_of(cfg), resources))
             for c in client_ids]
 
 
