@@ -1,0 +1,55 @@
+"""FlexMod's cost model: allocation under unequal encoder costs (solved by hand) and measured encoder FLOPs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mmfl.data.types import ModalitySpec
+from mmfl.errors import ConfigError
+from mmfl.scheduling.allocation import allocate_frequencies, combination_costs, modality_combinations
+from mmfl.scheduling.costs import EncoderCost, measure_encoder, step_encoder_flops
+
+
+def test_allocation_with_unequal_encoder_costs_matches_the_hand_solved_program():
+    """Two encoders, a costs 3 and b costs 1: combinations (a+b, a, b) cost (4, 3, 1), cap = 0.5 * 4 = 2.
+
+    With equal weights w = 1, reg = 1, min_frequency = 0 the KKT conditions of
+    max w.x - x.x/2 s.t. sum x = 1, cost.x <= 2 give x_S = 1 - lambda - mu * cost(S) with
+    3 - 3 lambda - 8 mu = 1 and 8 - 8 lambda - 26 mu = 2, so mu = 1/7, lambda = 2/7 and
+    x = (5 - cost) / 7 = (1/7, 2/7, 4/7): the cheap encoder b trains alone most often.
+    """
+    x = allocate_frequencies([1.0, 1.0, 1.0], 2, budget=0.5, min_freq=0.0, reg=1.0, encoder_costs=[3.0, 1.0])
+    np.testing.assert_allclose(x, [1 / 7, 2 / 7, 4 / 7], atol=1e-6)
+    assert combination_costs(2, [3.0, 1.0]) @ x <= 2 + 1e-9
+    # counting encoders instead (cost |S| = (2, 1, 1), cap 1) cannot tell a from b: the full combination
+    # gets nothing and a and b share the rest equally
+    np.testing.assert_allclose(allocate_frequencies([1.0, 1.0, 1.0], 2, 0.5, 0.0, 1.0), [0, 0.5, 0.5], atol=1e-6)
+
+
+def test_costs_scale_free_and_cardinality_when_equal():
+    np.testing.assert_allclose(combination_costs(3, None), [len(c) for c in modality_combinations(3)])
+    w = [0.9, 0.2, 0.4, 0.1, 0.3, 0.6, 0.5]
+    a = allocate_frequencies(w, 3, 0.6, 0.05, 1.0, encoder_costs=[2.0, 2.0, 2.0])
+    np.testing.assert_allclose(a, allocate_frequencies(w, 3, 0.6, 0.05, 1.0), atol=1e-6)
+    np.testing.assert_allclose(allocate_frequencies(w, 3, 0.6, 0.05, 1.0, encoder_costs=[5.0, 1.0, 2.0]),
+                               allocate_frequencies(w, 3, 0.6, 0.05, 1.0, encoder_costs=[50.0, 10.0, 20.0]), atol=1e-6)
+    with pytest.raises(ConfigError, match="method.params.budget = 0.3"):
+        allocate_frequencies([1.0, 1.0, 1.0], 2, 0.3, 0.2, 1.0, encoder_costs=[3.0, 1.0])
+
+
+def test_measured_encoder_flops_of_a_linear_layer_by_hand():
+    """Linear 10 -> 4 without bias: forward 2*10*4 = 80 FLOPs per sample; backward computes only the weight
+    gradient (the input needs none): another 80."""
+    cost = measure_encoder(nn.Linear(10, 4, bias=False), ModalitySpec("v", (10,)), batch=8)
+    assert cost == EncoderCost(80.0, 80.0)
+    two = measure_encoder(nn.Sequential(nn.Linear(10, 4, bias=False), nn.ReLU(), nn.Linear(4, 3, bias=False)),
+                          ModalitySpec("v", (10,)), batch=8)
+    # second layer: forward 24, backward weight grad 24 + input grad 24
+    assert two == EncoderCost(80.0 + 24.0, 80.0 + 48.0)
+    costs = [EncoderCost(100.0, 200.0), EncoderCost(10.0, 20.0)]
+    assert step_encoder_flops(costs, [1], batch=4) == 4 * (100 + 10 + 20)
+    assert step_encoder_flops(costs, [0, 1], batch=4) == 4 * 330
+    torch.testing.assert_close(torch.tensor(EncoderCost.from_json(costs[0].to_json()).train), torch.tensor(300.0))
