@@ -53,3 +53,22 @@ def test_measured_encoder_flops_of_a_linear_layer_by_hand():
     assert step_encoder_flops(costs, [1], batch=4) == 4 * (100 + 10 + 20)
     assert step_encoder_flops(costs, [0, 1], batch=4) == 4 * 330
     torch.testing.assert_close(torch.tensor(EncoderCost.from_json(costs[0].to_json()).train), torch.tensor(300.0))
+
+
+def test_reward_is_the_global_models_validation_gain_one_round_late():
+    """beta_1 (chosen after round 1) is trained in round 2; the model after round 2 is measured in round 3."""
+    from mmfl.scheduling.reward import initial_memory, remember, reward_transition
+
+    mem = initial_memory(0.5)
+    g = {1: 0.10, 2: 0.30, 3: 0.45, 4: 0.50}  # global-model validation accuracy measured in round r
+    assert reward_transition(mem, g[1], 100) is None  # nothing to reward yet
+    mem = remember(mem, g[1], [1.0], 0.7)  # schedule of round 1: beta_1 = 0.7 on observation [1.0]
+    assert reward_transition(mem, g[2], 100) is None  # g_2 - g_1 is the effect of the initial beta (no observation)
+    mem = remember(mem, g[2], [2.0], 0.2)
+    t = reward_transition(mem, g[3], 100)
+    assert t is not None and t[0] == [1.0] and t[1] == 0.7 and t[3] == [2.0]
+    assert t[2] == pytest.approx(100 * (0.45 - 0.30))
+    mem = remember(mem, g[3], [3.0], 0.9)
+    t = reward_transition(mem, g[4], 100)
+    assert t[:2] == ([2.0], 0.2) and t[2] == pytest.approx(5.0) and t[3] == [3.0]
+    assert len(mem["actions"]) == 2
