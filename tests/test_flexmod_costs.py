@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmfl.data.types import ModalitySpec
+from mmfl.data.dataset import ModalitySpec
 from mmfl.errors import ConfigError
 from mmfl.scheduling.allocation import allocate_frequencies, combination_costs, modality_combinations
 from mmfl.scheduling.costs import EncoderCost, measure_encoder, step_encoder_flops

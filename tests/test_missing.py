@@ -224,11 +224,11 @@ def test_subsets_pattern_errors_name_the_field():
 
 @pytest.mark.parametrize("method", ["fedavg", "zerofill", "fedprox", "pmcmfl", "threefm", "flexmod", "partial_update"])
 def test_every_method_trains_on_per_client_subsets(tmp_path, method):
-    from mmfl.config import parse_config
-    from mmfl.engine.local import run_experiment
+    from mmfl.local import run_experiment
+    from mmfl.methods import parse_experiment
     from tests.conftest import tiny_config_dict
 
-    cfg = parse_config(tiny_config_dict(tmp_path, method={"name": method}, train={"rounds": 1},
+    cfg = parse_experiment(tiny_config_dict(tmp_path, method={"name": method}, train={"rounds": 1},
                                         missing={"pattern": "subsets", "rate": 0.5, "client_modalities": [["a"], ["b"]]}))
     result = run_experiment(cfg, progress=False)
     assert result.rounds_done == 1 and set(result.final) == {"full", "only:a", "only:b"}

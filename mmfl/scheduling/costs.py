@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmfl.data.types import ModalitySpec
+from mmfl.data.dataset import ModalitySpec
 
 
 @dataclass(frozen=True)
