@@ -19,7 +19,7 @@ encoders of S get gradients (the others run without autograd), fusion and head a
 Each client reports encoder updates (one per encoder per step), encoder FLOPs (every encoder's
 forward plus the trained encoders' backward, ``scheduling/costs.py``) and its training wall time.
 
-``PartialUpdate`` (registry name ``partial_update``) is the Partial Update baseline: the same
+``PartialUpdate`` (``partial_update.py``, registry name ``partial_update``) is the Partial Update baseline: the same
 scheduled training at the same cost budget, with a fixed allocation from equal combination
 weights (no prototypes, Shapley values or agent; no validation hold-out).
 
@@ -304,42 +304,4 @@ class FlexMod(Method):
         return RoundState(state.round, tensors, {**state.meta, "flexmod": fm})
 
 
-class PartialUpdate(FlexMod):
-    """Partial Update baseline: FlexMod's scheduled training at the same cost budget, allocation fixed.
-
-    The paper compares FlexMod with "Entire Update" (every encoder every step: FedAvg) and
-    "Partial Update" without defining the latter in the material available; here it is the
-    importance-blind allocation (equal combination weights) of the same convex program, so it
-    spends the same encoder budget as FlexMod without FlexMod's scheduling (no prototypes,
-    Shapley values or agent, no validation hold-out, plain FedAvg aggregation).
-    """
-
-    Params = BudgetParams
-    uses_prototypes = False
-    uses_schedule = False
-    meta_key = "partial_update"
-
-    def init_state(self, spec: DataSpec, cfg: ExperimentConfig, resources: Resources = NO_RESOURCES) -> RoundState:
-        state = Method.init_state(self, spec, cfg, resources)
-        p: BudgetParams = self.Params.model_validate(cfg.method.params)
-        m = len(spec.names)
-        costs, alloc = initial_allocation(self, spec, cfg, p, np.ones(len(modality_combinations(m))))
-        state.tensors[ALLOC] = torch.tensor(alloc, dtype=torch.float64)
-        state.meta[self.meta_key] = {"encoder_costs": costs, "allocation": alloc.tolist(),
-                                     "combinations": [[spec.names[j] for j in c] for c in modality_combinations(m)]}
-        return state
-
-    def client_update(self, state: RoundState, shard: MultimodalDataset, ctx: Context) -> ClientUpdate:
-        model = self.load_model(state.model_weights(), ctx)
-        metrics = self.timed_train_local(model, shard, ctx, state)
-        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        return ClientUpdate(ctx.client_id, len(shard), {f"model/{k}": v for k, v in weights.items()}, metrics)
-
-    def aggregate(self, state: RoundState, updates: list[ClientUpdate], ctx: Context) -> RoundState:
-        return Method.aggregate(self, state, updates, ctx)
-
-    def schedule(self, state: RoundState, ctx: Context, eval_metrics: dict[str, Any] | None = None) -> RoundState:
-        return state
-
-
-__all__ = ["BudgetParams", "FlexMod", "FlexModParams", "PartialUpdate", "combination_weights"]
+__all__ = ["BudgetParams", "FlexMod", "FlexModParams", "combination_weights", "initial_allocation"]
