@@ -83,16 +83,22 @@ bench-fedprime: install
 	mkdir -p runs/bench
 	HF_HUB_OFFLINE=1 PYTHONPATH=. $(PY) bench/fedprime_vs_fedavg_p.py --plot runs/bench/fedprime.png
 
-.PHONY: bench-pmcmfl bench-flexmod
+.PHONY: bench-pmcmfl bench-flexmod bench-3fm
 
 ## bench-pmcmfl: PmcmFL (paper) vs FedAvg and zero-fill under the paper's protocol on mfeat and BasicMotions, 3 seeds
 bench-pmcmfl: install
 	$(PY) bench/pmcmfl_vs_zerofill.py --seeds 0 1 2 --variant no-contrast:fused_weight=0 --variant mmfl-variant:variant=mmfl
 
-## bench-flexmod: FlexMod vs FedAvg, accuracy vs encoder updates, per-round beta_r and allocations (MLflow sqlite)
+## bench-flexmod: FlexMod vs FedAvg, zero-fill and Partial Update at equal rounds: accuracy, encoder FLOPs, updates, time
 bench-flexmod: install
 	mkdir -p runs/bench
-	$(PY) bench/flexmod_efficiency.py --seeds 0 1 2 --plot runs/bench/flexmod_efficiency.png --mlflow sqlite:///mlruns.db
+	$(PY) bench/flexmod_efficiency.py --seeds 0 1 2 --rounds 20 --plot runs/bench/flexmod_efficiency.png \
+		--json runs/bench/flexmod_efficiency.json --mlflow sqlite:///mlruns.db
+
+## bench-3fm: 3FM's support = limited / query = full protocol vs FedAvg and zero-fill (mfeat, BasicMotions)
+bench-3fm: install
+	mkdir -p runs/bench
+	$(PY) bench/threefm_protocol.py --seeds 0 1 2 --rounds 15 --json runs/bench/threefm_protocol.json
 
 ## bench: vectorized client engine vs per-client loop vs Flower simulation; writes docs/benchmarks.md
 bench: install

@@ -91,6 +91,10 @@ class MissingConfig(_Strict):
       - ``independent``: each modality m is missing with probability ``rates[m]`` (default
         ``rate``) independently; a sample that would lose all modalities keeps one at random, or
         is dropped from the client's data with ``drop_all_missing`` (as the PmcmFL code does).
+      - ``subsets``: per-client modality subsets. Client k holds only the modalities
+        ``client_modalities[k % len(client_modalities)]`` in a fraction ``rate`` of its samples
+        (1.0 = all of them); its other samples keep every modality. E.g. ``[[a, b], [a, c]]``
+        gives clients 0, 2, ... {a, b} and clients 1, 3, ... {a, c}.
     """
 
     pattern: str = "mixed"
@@ -103,20 +107,35 @@ class MissingConfig(_Strict):
     drop_all_missing: bool = Field(
         False, description=("drop samples that miss every modality instead of restoring one; only pattern "
                             "independent can leave a sample without modalities, the others are unaffected"))
+    client_modalities: list[list[str]] | None = Field(
+        None, description="pattern subsets: the modalities client k holds, client_modalities[k % len] (cycled)")
 
     def label(self) -> str:
         """The training missing setting as tables and run tags name it, e.g. ``mixed@0.50``, ``independent@0.50+drop``."""
         if self.pattern == "full":
             return "full"
         drop = "+drop" if self.drop_all_missing and self.pattern == "independent" else ""
-        return f"{self.pattern}@{float(self.rate):.2f}{drop}"
+        subsets = ("[" + "|".join("+".join(s) for s in self.client_modalities or []) + "]"  # subsets[a+b|a+c]
+                   if self.pattern == "subsets" else "")
+        return f"{self.pattern}{subsets}@{float(self.rate):.2f}{drop}"
 
     @field_validator("pattern")
     @classmethod
     def _pattern(cls, v: str) -> str:
-        if v in ("full", "mixed", "independent") or (v.startswith("missing:") and len(v) > len("missing:")):
+        if v in ("full", "mixed", "independent", "subsets") or (v.startswith("missing:") and len(v) > len("missing:")):
             return v
-        raise ValueError(f"unknown pattern {v!r}; use full, mixed, independent or missing:<modality>")
+        raise ValueError(f"unknown pattern {v!r}; use full, mixed, independent, subsets or missing:<modality>")
+
+    @field_validator("client_modalities")
+    @classmethod
+    def _client_modalities(cls, v: list[list[str]] | None) -> list[list[str]] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("needs at least one modality subset")
+            for subset in v:
+                if not subset or len(set(subset)) != len(subset):
+                    raise ValueError(f"every subset must name one or more distinct modalities, got {subset}")
+        return v
 
     @field_validator("client_rates")
     @classmethod
@@ -141,6 +160,9 @@ class MissingConfig(_Strict):
         if self.rates is not None and self.pattern != "independent":
             raise ValueError(f"rates applies only to pattern: independent (pattern is {self.pattern!r}); "
                              "remove rates or set pattern: independent")
+        if (self.client_modalities is None) != (self.pattern != "subsets"):
+            raise ValueError("pattern: subsets and client_modalities go together (pattern is "
+                             f"{self.pattern!r}, client_modalities {self.client_modalities!r})")
         return self
 
 

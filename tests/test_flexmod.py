@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
+from mmfl.engine import steps
 from mmfl.io.layout import load_round
 from mmfl.local import run_experiment
 from mmfl.io.store import LocalStore
@@ -16,22 +19,42 @@ def _cfg(root, rounds=2):
                                          train={"rounds": rounds}))
 
 
-def test_flexmod_two_rounds_schedules_and_saves_encoder_updates(tmp_path):
-    cfg = _cfg(tmp_path)
+def test_flexmod_three_rounds_schedules_and_saves_encoder_flops(tmp_path):
+    cfg = _cfg(tmp_path, rounds=3)
     result = run_experiment(cfg, progress=False)
-    assert result.rounds_done == 2 and set(result.final) == {"full", "only:a", "only:b"}
-    state, _ = load_round(LocalStore(cfg.storage.root), result.experiment_id, 2)
+    assert result.rounds_done == 3 and set(result.final) == {"full", "only:a", "only:b"}
+    state, _ = load_round(LocalStore(cfg.storage.root), result.experiment_id, 3)
     fm = state.meta["flexmod"]
-    assert [h["round"] for h in fm["history"]] == [1, 2]
-    assert fm["history"][0]["reward"] is None and fm["history"][1]["reward"] is not None
+    assert [h["round"] for h in fm["history"]] == [1, 2, 3]
+    # the global model trained with beta_1 (round 2) is measured in round 3: the first reward
+    assert [h["reward"] is None for h in fm["history"]] == [True, True, False]
+    h1, h2, h3 = fm["history"]
+    assert h3["reward"] == pytest.approx(100 * (h3["global_val_acc"] - h2["global_val_acc"]))
     assert fm["agent"]["size"] == 1 and fm["agent"]["updates"] == cfg.method.params["ddpg_updates"]
     alloc = state.tensors["flexmod/alloc"]
     assert alloc.shape == (3,) and abs(float(alloc.sum()) - 1) < 1e-6
+    costs = fm["encoder_costs"]
+    assert set(costs) == {"a", "b"} and all(c["forward"] > 0 and c["backward"] > 0 for c in costs.values())
+    data = steps.prepare_data(cfg)
+    train_samples = sum(len(c) for c in data.clients) * (1 - cfg.method.params["val_fraction"])
+    entire = train_samples * cfg.train.local_epochs * sum(c["forward"] + c["backward"] for c in costs.values())
     for h in fm["history"]:
         assert 0.0 <= h["beta"] <= 1.0
-        # at most budget * M encoder updates per step (plus integer rounding of step counts)
         assert h["encoder_updates"] < 2 * h["local_steps"]
-        assert h["encoder_updates"] <= cfg.method.params["budget"] * 2 * h["local_steps"] + 2 * len(h["allocation"])
+        assert 0 < h["encoder_flops"] < 0.95 * entire  # FedAvg (Entire Update) would spend ~ entire
+
+
+def test_partial_update_spends_the_same_budget_with_a_fixed_allocation(tmp_path):
+    cfg = parse_experiment(tiny_config_dict(tmp_path, method={"name": "partial_update"}, train={"rounds": 2}))
+    result = run_experiment(cfg, progress=False)
+    state, _ = load_round(LocalStore(cfg.storage.root), result.experiment_id, 2)
+    pu = state.meta["partial_update"]
+    # two encoders of (nearly) equal cost: equal weights give the symmetric solution
+    assert pu["allocation"][1] == pytest.approx(pu["allocation"][2], abs=0.05)
+    back = [pu["encoder_costs"][n]["backward"] for n in ("a", "b")]
+    cost = np.array([sum(back), back[0], back[1]]) / sum(back)
+    assert cost @ np.array(pu["allocation"]) <= cfg.method.params["budget"] + 1e-6
+    assert result.history[-1]["encoder_flops"] > 0 and result.history[-1]["train_time_s"] > 0
 
 
 def test_flexmod_resume_equals_uninterrupted_run(tmp_path):
@@ -52,8 +75,6 @@ def test_flexmod_resume_equals_uninterrupted_run(tmp_path):
 
 
 def test_bad_method_params_name_field_and_value(tmp_path):
-    import pytest
-
     from mmfl.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"method\.params\.budget.*1\.5"):
@@ -66,3 +87,12 @@ def test_bad_method_params_name_field_and_value(tmp_path):
     cfg = parse_experiment(tiny_config_dict(tmp_path, method={"name": "flexmod", "params": {"budget": 0.3}}))
     with pytest.raises(ConfigError, match=r"budget = 0\.3"):
         run_experiment(cfg, progress=False)
+
+
+def test_local_reward_option_keeps_the_earlier_signal(tmp_path):
+    cfg = parse_experiment(tiny_config_dict(tmp_path, method={"name": "flexmod", "params": {"ddpg_batch_size": 2,
+                       "reward": "local", "cost": "count"}}, train={"rounds": 2}))
+    result = run_experiment(cfg, progress=False)
+    state, _ = load_round(LocalStore(cfg.storage.root), result.experiment_id, 2)
+    h1, h2 = state.meta["flexmod"]["history"]
+    assert h1["reward"] is None and h2["reward"] == pytest.approx(100 * (h2["val_acc"] - h1["val_acc"]))

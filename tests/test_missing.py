@@ -181,3 +181,54 @@ def test_evaluate_scores_only_the_samples_a_drawn_pattern_keeps(tmp_path):
             pred = model(sub.inputs, sub.present).argmax(dim=1)
         expected = float(multiclass_accuracy(pred, sub.labels, num_classes=data.spec.num_classes, average="micro"))
         assert got[pattern]["acc"] == pytest.approx(expected)
+
+
+SUBSET_NAMES = ("a", "b", "c")
+
+
+def test_subsets_pattern_gives_each_client_its_own_modalities():
+    """Client A {a, b}, client B {a, c}, cycled: rate 1.0 limits every sample, rate 0.2 exactly 20% of them."""
+    cfg = MissingConfig(pattern="subsets", rate=1.0, client_modalities=[["a", "b"], ["a", "c"]])
+    masks = simulate_missing([10, 10, 10], SUBSET_NAMES, cfg, seed=0)
+    assert masks[0].tolist() == [[True, True, False]] * 10
+    assert masks[1].tolist() == [[True, False, True]] * 10
+    assert masks[2].tolist() == [[True, True, False]] * 10  # cycled: client 2 is like client 0
+    part = MissingConfig(pattern="subsets", rate=0.2, client_modalities=[["a", "b"], ["a", "c"]])
+    masks = simulate_missing([10, 15], SUBSET_NAMES, part, seed=0)
+    limited = [~m.all(dim=1) for m in masks]
+    assert [int(x.sum()) for x in limited] == [2, 3]  # round(0.2 * n) support-sized limited part
+    assert masks[0][limited[0]].tolist() == [[True, True, False]] * 2
+    assert masks[1][limited[1]].tolist() == [[True, False, True]] * 3
+    assert masks[0][~limited[0]].all() and masks[1][~limited[1]].all()  # the rest keeps every modality
+
+
+def test_train_like_test_pattern_with_subsets_takes_the_subsets_in_turn():
+    from mmfl.data.missing import pattern_presence
+
+    cfg = MissingConfig(pattern="subsets", rate=1.0, client_modalities=[["a", "b"], ["a", "c"]])
+    p = pattern_presence("~train", SUBSET_NAMES, 10, cfg, seed=0)
+    rows = sorted(map(tuple, p.tolist()))
+    assert rows == [(True, False, True)] * 5 + [(True, True, False)] * 5
+
+
+def test_subsets_pattern_errors_name_the_field():
+    with pytest.raises(ConfigError, match=r"missing.client_modalities.1 = \['a', 'd'\]: modality 'd' not in"):
+        simulate_missing([5, 5], SUBSET_NAMES, MissingConfig(pattern="subsets", client_modalities=[["a"], ["a", "d"]]), 0)
+    with pytest.raises(ValueError, match="go together"):
+        MissingConfig(pattern="mixed", client_modalities=[["a"]])
+    with pytest.raises(ValueError, match="go together"):
+        MissingConfig(pattern="subsets")
+    with pytest.raises(ValueError, match="distinct"):
+        MissingConfig(pattern="subsets", client_modalities=[["a", "a"]])
+
+
+@pytest.mark.parametrize("method", ["fedavg", "zerofill", "fedprox", "pmcmfl", "threefm", "flexmod", "partial_update"])
+def test_every_method_trains_on_per_client_subsets(tmp_path, method):
+    from mmfl.local import run_experiment
+    from mmfl.methods import parse_experiment
+    from tests.conftest import tiny_config_dict
+
+    cfg = parse_experiment(tiny_config_dict(tmp_path, method={"name": method}, train={"rounds": 1},
+                                        missing={"pattern": "subsets", "rate": 0.5, "client_modalities": [["a"], ["b"]]}))
+    result = run_experiment(cfg, progress=False)
+    assert result.rounds_done == 1 and set(result.final) == {"full", "only:a", "only:b"}

@@ -23,13 +23,16 @@ def client_missing_rates(cfg: MissingConfig, num_clients: int, seed: int) -> lis
 
 
 def sample_presence(
-    num_samples: int, names: tuple[str, ...], cfg: MissingConfig, rate: float, rng: np.random.Generator
+    num_samples: int, names: tuple[str, ...], cfg: MissingConfig, rate: float, rng: np.random.Generator,
+    client: int | None = 0,
 ) -> np.ndarray:
     """Boolean (num_samples, M) presence mask for one client; every sample keeps >= 1 modality.
 
     ``full`` keeps everything; ``missing:<m>`` drops m from round(rate*n) samples; ``mixed``
     drops exactly one uniformly chosen modality from round(rate*n) samples; ``independent`` drops
-    each modality with its own probability. Fixed counts (not coin flips) make the realised rate
+    each modality with its own probability; ``subsets`` keeps only client ``client``'s modality
+    subset in round(rate*n) samples (``client=None``: the subsets in turn over those samples, as
+    for a test set that belongs to no client). Fixed counts (not coin flips) make the realised rate
     equal the requested one up to rounding, which matters for small clients.
     With ``independent`` and ``drop_all_missing`` a sample that loses every modality keeps an
     all-False row: the caller drops it from the data (as the PmcmFL code does).
@@ -65,7 +68,23 @@ def sample_presence(
         empty = np.flatnonzero(~present.any(axis=1))
         present[empty, rng.integers(0, m, size=len(empty))] = True
         return present
+    if pattern == "subsets":
+        rows = rng.choice(num_samples, size=int(round(rate * num_samples)), replace=False)
+        for i, row in enumerate(rows):
+            subset = client_subset(cfg, names, i if client is None else client)
+            present[row, [j for j, n in enumerate(names) if n not in subset]] = False
+        return present
     raise ConfigError(f"missing.pattern = {pattern!r}: unknown pattern")
+
+
+def client_subset(cfg: MissingConfig, names: tuple[str, ...], client: int) -> list[str]:
+    """The modalities client ``client`` holds under pattern ``subsets`` (the list is cycled over clients)."""
+    subsets = cfg.client_modalities or [list(names)]
+    for i, subset in enumerate(subsets):
+        unknown = [n for n in subset if n not in names]
+        if unknown:
+            raise ConfigError(f"missing.client_modalities.{i} = {subset}: modality {unknown[0]!r} not in {list(names)}")
+    return list(subsets[client % len(subsets)])
 
 
 def simulate_missing(
@@ -75,7 +94,7 @@ def simulate_missing(
     masks = []
     for k, n in enumerate(client_sizes):
         rng = np.random.default_rng([seed, 3, k])
-        masks.append(torch.from_numpy(sample_presence(n, names, cfg, rates[k], rng)))
+        masks.append(torch.from_numpy(sample_presence(n, names, cfg, rates[k], rng, client=k)))
     return masks
 
 
@@ -99,7 +118,8 @@ def pattern_presence(
     every method of an experiment seed is tested on the same mask: ``mixed@r``,
     ``missing:<m>@r`` and ``independent@r`` as the training patterns of the same name;
     ``~train`` with the training configuration ``train_missing`` (its rate, per-modality rates
-    and ``drop_all_missing``; per-client rates are not applied: the test set belongs to no client).
+    and ``drop_all_missing``; per-client rates are not applied: the test set belongs to no client;
+    with ``subsets`` the limited test samples take the clients' subsets in turn).
     """
     kind, modality, rate = parse_test_pattern(pattern)
     present = torch.ones(num_samples, len(names), dtype=torch.bool)
@@ -115,4 +135,4 @@ def pattern_presence(
         rate = cfg.rate
     else:
         cfg = MissingConfig(pattern=kind if modality is None else f"{kind}:{modality}", rate=rate)
-    return torch.from_numpy(sample_presence(num_samples, names, cfg, rate, rng))
+    return torch.from_numpy(sample_presence(num_samples, names, cfg, rate, rng, client=None))

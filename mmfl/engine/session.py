@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 def round_metrics(history_entry: dict[str, Any], evaluation: dict[str, Any] | None) -> dict[str, float]:
     """What a round logs: the mean training loss and accuracy / macro-F1 of each evaluated test pattern."""
     out = {"train_loss": history_entry["train_loss"]}
+    out.update({k: history_entry[k] for k in steps.EFFICIENCY_METRICS if k in history_entry})
     for pattern, vals in (evaluation or {}).items():
         out[metric_key("acc", pattern)] = vals["acc"]
         out[metric_key("f1", pattern)] = vals["f1"]
@@ -96,7 +97,8 @@ class ExperimentSession:
         summary = clients_summary(state)
         self.tracker.log_metrics(round_metrics(last, evaluation), step=state.round)
         record_round_clients(self.tracker, state.round, summary)
-        save_round(self.store, self.exp_id, state, {"eval": evaluation, "train_loss": last["train_loss"], "clients": summary})
+        save_round(self.store, self.exp_id, state, {"eval": evaluation, "train_loss": last["train_loss"], "clients": summary,
+                                                    **{k: last[k] for k in steps.EFFICIENCY_METRICS if k in last}})
 
     def history(self) -> list[dict[str, Any]]:
         return metrics_history(self.store, self.exp_id)

@@ -125,6 +125,15 @@ def upload_prototypes(
     return out
 
 
+EFFICIENCY_METRICS = ("encoder_updates", "encoder_flops", "train_time_s")
+
+
+def efficiency_totals(updates: Sequence[ClientUpdate]) -> dict[str, float]:
+    """Sums over the round's clients of the cost metrics every one of them reported (FlexMod, Partial Update)."""
+    return {k: float(sum(u.metrics[k] for u in updates)) for k in EFFICIENCY_METRICS
+            if updates and all(k in u.metrics for u in updates)}
+
+
 def aggregate(
     cfg: ExperimentConfig, state: RoundState, updates: Sequence[ClientUpdate],
     expected_clients: Sequence[int] | None = None,
@@ -146,6 +155,7 @@ def aggregate(
             "clients": [u.client_id for u in updates],
             "train_loss": float(np.average([u.metrics.get("train_loss", float("nan")) for u in updates],
                                            weights=[u.num_samples for u in updates])),
+            **efficiency_totals(updates),
             **{k: clients[k] for k in ("sampled", "failed", "rejected")},
         }
     ]

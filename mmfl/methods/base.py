@@ -10,7 +10,7 @@ Every hook an engine may call is declared here:
 - ``penalty`` -> a term on the parameters themselves (FedProx); the per-client loop and the
   vectorized engine both add it, so it is written once
 - ``local_step`` -> one optimiser step on a batch (MAML-style methods override it)
-- ``local_epochs`` / ``make_optimizer`` -> the local budget and optimiser
+- ``local_epochs`` / ``local_batch_size`` / ``make_optimizer`` -> the local budget and optimiser
 - ``train_local`` / ``run_local`` -> THE local loop (seeded by (seed, round, client)); methods do not copy it
 - ``vectorizable`` -> an ordinary class attribute, inherited like any other: True when the
   vectorized engine reproduces ``train_local`` (cross-entropy + ``penalty``, SGD)
@@ -183,6 +183,10 @@ class Method:
     def local_epochs(self, ctx: Context) -> int:
         return ctx.cfg.train.local_epochs
 
+    def local_batch_size(self, ctx: Context, num_samples: int) -> int:
+        """Mini-batch size of the local loop (3FM's full-batch option returns ``num_samples``)."""
+        return ctx.cfg.train.batch_size
+
     def batch_loss(self, model: nn.Module, batch: Batch, state: RoundState, ctx: Context) -> LossResult:
         """The task loss of one batch; may return ``(loss, {name: scalar})`` to average per step."""
         return F.cross_entropy(model(batch.inputs, batch.present), batch.labels)
@@ -228,7 +232,7 @@ class Method:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(ctx.seed(1))
             for epoch in range(self.local_epochs(ctx)):
-                for idx in iterate_batches(len(data), ctx.cfg.train.batch_size, gen):
+                for idx in iterate_batches(len(data), self.local_batch_size(ctx, len(data)), gen):
                     done = self.local_step(model, data.take(idx, ctx.device, epoch, steps), opt, state, ctx, anchor)
                     if done is None:
                         continue

@@ -5,13 +5,23 @@ Per round (server, schedule step):
   2. modality importance phi_m: exact Shapley values of the global model's validation accuracy
      over modality subsets (clients evaluate every subset on their held-out validation part);
   3. a DDPG agent maps state (phi, q, previous beta, progress) to beta_r in [0, 1]; its reward
-     is the gain in the clients' validation accuracy after training with the previous beta;
+     (``reward: global``, the paper) is the gain in the global model's validation accuracy (the
+     full coalition's value of step 2), which arrives one round after the model was trained
+     (``scheduling/reward.py``); ``reward: local`` is mmfl's earlier signal, the gain in the
+     clients' validation accuracy right after local training;
   4. each non-empty combination S gets weight
      ``beta_r * sum_{m in S} phi_m + (1 - beta_r) * sum_{m in S} (1 - q_m) / sum_m (1 - q_m)``
-     and a convex program turns weights into shares of local steps under an encoder budget.
+     and a convex program turns weights into shares of local steps under a training-cost budget:
+     ``sum_S x_S cost(S) <= budget * cost(all)``, cost(S) the sum of the measured training FLOPs
+     (backward pass) of S's encoders (``cost: flops``; ``cost: count`` counts encoders instead).
 Clients then train combinations in cardinality order (largest first); in a step for S only the
 encoders of S get gradients (the others run without autograd), fusion and head always train.
-Encoder updates (one per encoder per step) are counted and reported.
+Each client reports encoder updates (one per encoder per step), encoder FLOPs (every encoder's
+forward plus the trained encoders' backward, ``scheduling/costs.py``) and its training wall time.
+
+``PartialUpdate`` (``partial_update.py``, registry name ``partial_update``) is the Partial Update baseline: the same
+scheduled training at the same cost budget, with a fixed allocation from equal combination
+weights (no prototypes, Shapley values or agent; no validation hold-out).
 
 Validation: a fixed share ``val_fraction`` of each client's shard (chosen by (seed, client),
 the same every round) is held out from training; the server never sees data.
@@ -19,7 +29,8 @@ the same every round) is held out from training; the server never sees data.
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -29,7 +40,6 @@ from torch.nn import functional as F
 
 from mmfl.config import ExperimentConfig
 from mmfl.data.dataset import DataSpec, MultimodalDataset
-from mmfl.state import ClientUpdate, RoundState
 from mmfl.methods.base import NO_RESOURCES, Batch, Context, LocalData, Method, Resources, derive_seed
 from mmfl.methods.prototypes import aggregate_prototypes, compute_prototypes, empty_prototypes, proto_keys
 from mmfl.scheduling import (
@@ -37,27 +47,41 @@ from mmfl.scheduling import (
     shapley_values, step_plan,
 )
 from mmfl.scheduling.allocation import check_feasible
+from mmfl.scheduling.costs import EncoderCost, measure_encoders, step_encoder_flops
+from mmfl.scheduling.reward import initial_memory, remember, reward_transition
 from mmfl.scheduling.shapley import all_coalitions, coalition_key
+from mmfl.state import ClientUpdate, RoundState
 
 AGENT = "flexmod/agent/"
 ALLOC = "flexmod/alloc"
 
 
-class FlexModParams(BaseModel):
-    """Values the paper summary does not state are standard choices, marked as such."""
+class BudgetParams(BaseModel):
+    """The allocation program's settings, shared by FlexMod and the Partial Update baseline."""
 
     model_config = ConfigDict(extra="forbid")
     budget: float = Field(
         0.6, gt=0, le=1,
-        description="Encoder updates per local step as a share of updating every encoder every step (chosen: 0.6)")
+        description="Encoder training cost per local step as a share of training every encoder every step (chosen: 0.6)")
     min_frequency: float = Field(0.05, ge=0, lt=1, description="Lower bound of each combination's share of steps (chosen)")
     reg: float = Field(1.0, ge=0, description="Quadratic spreading term of the allocation program (chosen)")
+    cost: Literal["flops", "count"] = Field(
+        "flops", description="Encoder training cost in the budget: flops = measured backward FLOPs per encoder "
+                             "(paper: training complexity); count = every encoder alike (mmfl's earlier |S|)")
+
+
+class FlexModParams(BudgetParams):
+    """Values the paper summary does not state are standard choices, marked as such."""
+
     val_fraction: float = Field(
         0.05, ge=0, lt=1,
         description=("Share of each client's shard held out for Shapley values and the reward (chosen); 0 = evaluate "
                      "on the training shard itself (no held-out data, a weaker signal)"))
     initial_beta: float = Field(0.5, ge=0, le=1, description="beta before the agent has acted (round 1)")
     reward_scale: float = Field(100.0, gt=0, description="Reward = scale * validation-accuracy gain (in points; chosen)")
+    reward: Literal["global", "local"] = Field(
+        "global", description="global: gain of the global model's validation accuracy (paper); local: gain of the "
+                              "clients' validation accuracy after local training (mmfl's earlier signal)")
     ddpg_hidden: int = Field(64, ge=1, description="Actor/critic hidden width (DDPG default-style choice)")
     ddpg_actor_lr: float = Field(1e-4, gt=0, description="Actor Adam learning rate (DDPG paper: 1e-4)")
     ddpg_critic_lr: float = Field(1e-3, gt=0, description="Critic Adam learning rate (DDPG paper: 1e-3)")
@@ -115,28 +139,50 @@ def partial_logits(model: nn.Module, inputs: dict[str, torch.Tensor], present: t
     return model.head(model.fuse(tokens))
 
 
+def measured_costs(method: Method, spec: DataSpec, cfg: ExperimentConfig) -> dict[str, dict]:
+    """Per-encoder FLOPs per sample (forward, backward) of the method's model's encoders, as JSON."""
+    with torch.random.fork_rng(devices=[]):  # a throw-away model: leave the global generator alone
+        model = method.build_model(spec, cfg)
+    return {k: c.to_json() for k, c in measure_encoders(model.encoders, spec.modalities).items()}
+
+
+def budget_costs(costs: dict[str, dict], names: tuple[str, ...], p: BudgetParams) -> list[float] | None:
+    """The encoder costs in the allocation constraint: backward FLOPs (``cost: flops``) or None (count)."""
+    return [float(costs[n]["backward"]) for n in names] if p.cost == "flops" else None
+
+
+def initial_allocation(
+    method: Method, spec: DataSpec, cfg: ExperimentConfig, p: BudgetParams, weights: np.ndarray,
+) -> tuple[dict[str, dict], np.ndarray]:
+    """(measured encoder costs, allocation for ``weights``) before round 1; an infeasible budget raises ConfigError."""
+    costs = measured_costs(method, spec, cfg)
+    enc = budget_costs(costs, spec.names, p)
+    check_feasible(len(spec.names), p.budget, p.min_frequency, enc)
+    return costs, allocate_frequencies(weights, len(spec.names), p.budget, p.min_frequency, p.reg, enc)
+
+
 class FlexMod(Method):
     Params = FlexModParams
     uses_prototypes = True
     uses_schedule = True
-    summed_metrics = ("encoder_updates",)
+    summed_metrics = ("encoder_updates", "encoder_flops")
+    meta_key = "flexmod"  # where the state keeps the measured encoder costs
 
     # ---- state ----------------------------------------------------------------------------
     def init_state(self, spec: DataSpec, cfg: ExperimentConfig, resources: Resources = NO_RESOURCES) -> RoundState:
         state = super().init_state(spec, cfg, resources)
         p: FlexModParams = self.Params.model_validate(cfg.method.params)
         m = len(spec.names)
-        check_feasible(m, p.budget, p.min_frequency)
+        costs, alloc = initial_allocation(self, spec, cfg, p, combination_weights(p.initial_beta, np.full(m, 1.0 / m),
+                                                                                 np.zeros(m)))
         state.tensors.update(empty_prototypes(proto_keys(spec.names), spec.num_classes, cfg.model.embed_dim))
         agent = DDPGAgent(2 * m + 2, p.ddpg(), seed=derive_seed(cfg.seed, 0xDD96))
         tensors, agent_meta = agent.to_tensors(AGENT)
         state.tensors.update(tensors)
-        importance, quality = np.full(m, 1.0 / m), np.zeros(m)
-        alloc = allocate_frequencies(combination_weights(p.initial_beta, importance, quality), m, p.budget,
-                                     p.min_frequency, p.reg)
         state.tensors[ALLOC] = torch.tensor(alloc, dtype=torch.float64)
         state.meta["flexmod"] = {
             "agent": agent_meta, "beta": p.initial_beta, "obs": None, "val_acc": None,
+            "reward_memory": initial_memory(p.initial_beta), "encoder_costs": costs,
             "combinations": [[spec.names[j] for j in c] for c in modality_combinations(m)], "history": [],
         }
         return state
@@ -150,26 +196,36 @@ class FlexMod(Method):
         if p.val_fraction == 0:
             train = val = shard
         values = subset_accuracies(model, val, ctx.spec.names)
-        metrics = self.train_local(model, train, ctx, state)
-        full_key = coalition_key(frozenset(range(len(ctx.spec.names))), len(ctx.spec.names))
-        metrics["val_acc"] = subset_accuracies(model, val, ctx.spec.names)[full_key]
+        metrics = self.timed_train_local(model, train, ctx, state)
+        if p.reward == "local":
+            full_key = coalition_key(frozenset(range(len(ctx.spec.names))), len(ctx.spec.names))
+            metrics["val_acc"] = subset_accuracies(model, val, ctx.spec.names)[full_key]
         metrics.update({f"value/{k}": v for k, v in values.items()})
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         return ClientUpdate(ctx.client_id, len(train), {f"model/{k}": v for k, v in weights.items()}, metrics,
                             {"val_samples": len(val)})
 
+    def timed_train_local(self, model: nn.Module, shard: MultimodalDataset, ctx: Context, state: RoundState) -> dict[str, float]:
+        """``train_local`` plus its wall time (``train_time_s``)."""
+        start = time.perf_counter()
+        metrics = self.train_local(model, shard, ctx, state)
+        return {**metrics, "train_time_s": time.perf_counter() - start}
+
     def local_data(self, model: nn.Module, shard: MultimodalDataset, state: RoundState, ctx: Context) -> LocalData:
         """The shard plus the step plan: step t updates the encoders of combination plan[t] (largest first)."""
-        t = ctx.cfg.train
-        steps = self.local_epochs(ctx) * -(-len(shard) // t.batch_size)
+        steps = self.local_epochs(ctx) * -(-len(shard) // self.local_batch_size(ctx, len(shard)))
         plan = step_plan(state.tensors[ALLOC].numpy(), steps)
+        costs = state.meta[self.meta_key]["encoder_costs"]
         return LocalData(dict(shard.inputs), shard.present, shard.labels,
-                         aux={"plan": plan, "combos": modality_combinations(len(ctx.spec.names))})
+                         aux={"plan": plan, "combos": modality_combinations(len(ctx.spec.names)),
+                              "costs": [EncoderCost.from_json(costs[n]) for n in ctx.spec.names]})
 
     def batch_loss(self, model: nn.Module, batch: Batch, state: RoundState, ctx: Context):
+        """Cross-entropy with only the encoders of the step's combination trained; encoder updates and FLOPs."""
         combo = batch.aux["combos"][batch.aux["plan"][batch.step]]
         logits = partial_logits(model, batch.inputs, batch.present, combo)
-        return F.cross_entropy(logits, batch.labels), {"encoder_updates": float(len(combo))}
+        return F.cross_entropy(logits, batch.labels), {
+            "encoder_updates": float(len(combo)), "encoder_flops": step_encoder_flops(batch.aux["costs"], combo, len(batch))}
 
     def client_prototypes(self, state: RoundState, update: ClientUpdate, shard: MultimodalDataset, ctx: Context):
         model = self.load_model(update.model_weights(), ctx)
@@ -188,8 +244,10 @@ class FlexMod(Method):
         fm["round_stats"] = {
             "values": {k[len("value/"):]: float(sum(w * u.metrics.get(k, 0.0) for w, u in zip(vw, updates)))
                        for k in value_keys},
-            "val_acc": float(sum(w * u.metrics.get("val_acc", 0.0) for w, u in zip(vw, updates))),
+            "val_acc": (float(sum(w * u.metrics["val_acc"] for w, u in zip(vw, updates)))
+                        if all("val_acc" in u.metrics for u in updates) else None),  # reward: local only
             "encoder_updates": float(sum(u.metrics.get("encoder_updates", 0.0) for u in updates)),
+            "encoder_flops": float(sum(u.metrics.get("encoder_flops", 0.0) for u in updates)),
             "local_steps": float(sum(u.metrics.get("local_steps", 0.0) for u in updates)),
         }
         new.meta["flexmod"] = fm
@@ -214,12 +272,20 @@ class FlexMod(Method):
         agent = DDPGAgent.from_tensors(state.tensors, fm["agent"], AGENT)
         gen = torch.Generator().manual_seed(derive_seed(ctx.cfg.seed, ctx.round, 0xDD))  # server: no client id
         reward, losses = None, {}
-        if fm.get("obs") is not None and fm.get("val_acc") is not None:
-            reward = p.reward_scale * (stats["val_acc"] - fm["val_acc"])
-            agent.store(fm["obs"], fm["beta"], reward, obs)
+        global_acc = values.get(coalition_key(frozenset(range(m)), m), 0.0)  # the received global model's
+        if p.reward == "global":
+            transition = reward_transition(fm["reward_memory"], global_acc, p.reward_scale)
+        elif fm.get("obs") is not None and fm.get("val_acc") is not None:
+            transition = (fm["obs"], fm["beta"], p.reward_scale * (stats["val_acc"] - fm["val_acc"]), obs)
+        else:
+            transition = None
+        if transition is not None:
+            reward = transition[2]
+            agent.store(*transition)
             losses = agent.learn(gen)
         beta = agent.act(obs, gen)
-        alloc = allocate_frequencies(combination_weights(beta, importance, quality), m, p.budget, p.min_frequency, p.reg)
+        alloc = allocate_frequencies(combination_weights(beta, importance, quality), m, p.budget, p.min_frequency, p.reg,
+                                     budget_costs(fm["encoder_costs"], names, p))
 
         tensors = dict(state.tensors)
         agent_tensors, agent_meta = agent.to_tensors(AGENT)
@@ -227,13 +293,15 @@ class FlexMod(Method):
         tensors[ALLOC] = torch.tensor(alloc, dtype=torch.float64)
         entry = {
             "round": state.round, "beta": beta, "allocation": alloc.tolist(), "importance": importance.tolist(),
-            "shapley": phi.tolist(), "quality": quality.tolist(), "reward": reward, "val_acc": stats["val_acc"],
-            "encoder_updates": stats["encoder_updates"], "local_steps": stats["local_steps"], **losses,
+            "shapley": phi.tolist(), "quality": quality.tolist(), "reward": reward, "global_val_acc": global_acc,
+            "val_acc": stats["val_acc"], "encoder_updates": stats["encoder_updates"],
+            "encoder_flops": stats["encoder_flops"], "local_steps": stats["local_steps"], **losses,
         }
         fm.update({"agent": agent_meta, "beta": beta, "obs": obs, "val_acc": stats["val_acc"],
+                   "reward_memory": remember(fm["reward_memory"], global_acc, obs, beta),
                    "history": [*fm.get("history", []), entry]})
         fm.pop("round_stats", None)
         return RoundState(state.round, tensors, {**state.meta, "flexmod": fm})
 
 
-__all__ = ["FlexMod", "FlexModParams", "combination_weights"]
+__all__ = ["BudgetParams", "FlexMod", "FlexModParams", "combination_weights", "initial_allocation"]

@@ -27,6 +27,7 @@ METHODS: dict[str, str] = {
     "pmcmfl": "mmfl.methods.pmcmfl:PmcmFL",
     "threefm": "mmfl.methods.threefm:ThreeFM",
     "flexmod": "mmfl.methods.flexmod:FlexMod",
+    "partial_update": "mmfl.methods.partial_update:PartialUpdate",
 }
 
 _INSTANCES: dict[tuple[str, str], Method] = {}

@@ -46,8 +46,8 @@ _WARNED: set[str] = set()
 
 
 # The local-training hooks this engine reproduces as ``Method`` defines them (plus ``penalty``).
-REPRODUCED_HOOKS = ("client_update", "train_local", "run_local", "local_data", "local_epochs", "batch_loss",
-                    "local_step", "make_optimizer")
+REPRODUCED_HOOKS = ("client_update", "train_local", "run_local", "local_data", "local_epochs", "local_batch_size",
+                    "batch_loss", "local_step", "make_optimizer")
 
 
 def method_reason(method: Method) -> str | None:
