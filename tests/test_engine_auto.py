@@ -62,7 +62,7 @@ def test_auto_uses_the_loop_for_a_method_it_cannot_vectorize_said_once(tmp_path,
         _round(tmp_path / "a2", "auto", "scaled_loss_fedavg")  # a second round: no second line
     said = [r for r in caplog.records if r.levelno >= logging.INFO and "train.engine auto" in r.getMessage()]
     assert len(said) == 1, [r.getMessage() for r in said]
-    assert "the loop trains clients one by one" in said[0].getMessage()
+    assert "training clients one by one (the loop)" in said[0].getMessage()
     assert "overrides batch_loss" in said[0].getMessage()
     assert not any(isinstance(u.tensors, StackView) for u in auto)
     _, _, loop, agg_loop = _round(tmp_path / "l", "loop", "scaled_loss_fedavg")

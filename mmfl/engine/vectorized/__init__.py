@@ -127,7 +127,7 @@ def trainer_for(method: Method, cfg: ExperimentConfig, state: RoundState, sample
         # The loop is an expected choice of ``auto``: said once (INFO), then only at DEBUG.
         level = logging.DEBUG if ("auto", reason) in _WARNED else logging.INFO
         _WARNED.add(("auto", reason))
-        log.log(level, "train.engine auto: the loop trains clients one by one: %s", reason)
+        log.log(level, "train.engine auto: training clients one by one (the loop): %s", reason)
         return None
     level = logging.INFO if reason in _WARNED else logging.WARNING
     _WARNED.add(reason)
