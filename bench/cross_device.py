@@ -19,6 +19,8 @@ import statistics
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 
@@ -60,6 +62,7 @@ def main(argv=None) -> int:
     p.add_argument("--fraction", type=float, default=0.01)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--worker", type=int, nargs=2, metavar=("POPULATION", "SAMPLED"))
+    p.add_argument("--out", help="write the table into this Markdown file (section between markers)")
     args = p.parse_args(argv)
     if args.worker:
         print("RESULT " + json.dumps(worker(*args.worker, args.rounds)), flush=True)
@@ -77,15 +80,27 @@ def main(argv=None) -> int:
         rows.append(json.loads(line[0][7:]))
         print(f"{n} clients, {k} sampled: {rows[-1]['s_round']:.3f} s/round", flush=True)
     base = {r["sampled"]: r for r in rows if r["population"] == min(args.populations)}
-    print("| population | sampled/round | s/round | x s/round at the smallest population, same sampled | "
-          "peak RSS MB | population's data MB (never held) | shards built |")
-    print("|---|---|---|---|---|---|---|")
+    lines = ["| population | sampled/round | s/round | s/round vs the smallest population, same sampled "
+             "| peak RSS MB | population's data MB (never held) | shards built (all rounds) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         b = base.get(r["sampled"])
-        ratio = f"{r['s_round'] / b['s_round']:.2f}" if b else "-"
-        print(f"| {r['population']:,} | {r['sampled']:,} | {r['s_round']:.3f} | {ratio} | {r['peak_mb']:.0f} "
-              f"| {r['data_mb']:,.0f} | {r['touched']:,} |")
+        ratio = f"{r['s_round'] / b['s_round']:.2f}x" if b else "-"
+        lines.append(f"| {r['population']:,} | {r['sampled']:,} | {r['s_round']:.3f} | {ratio} | {r['peak_mb']:.0f} "
+                     f"| {r['data_mb']:,.0f} | {r['touched']:,} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        from bench.vectorized import machine, replace_section
+
+        command = " ".join(["python -m bench.cross_device", *(argv or sys.argv[1:])])
+        replace_section(Path(args.out), BEGIN, END, "\n".join([
+            f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}.",
+            f"Command: `{command}`; {args.rounds} measured rounds after one warm-up round, median.", "", text]))
     return 0
+
+
+BEGIN, END = "<!-- bench:cross-device:begin -->", "<!-- bench:cross-device:end -->"
 
 
 if __name__ == "__main__":
