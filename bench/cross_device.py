@@ -35,8 +35,9 @@ def worker(population: int, sampled: int, rounds: int) -> dict:
 
     torch.set_num_threads(1)
     w = type(WORKLOADS["W"])(**{**WORKLOADS["W"].__dict__, "clients": population})
+    # At most one round's shards are kept; an idle client has no object.
     means = class_means(w)
-    shards = ClientShards(population, lambda k: make_shard(w, k, means), np.full(population, w.samples))
+    shards = ClientShards(population, lambda k: make_shard(w, k, means), np.full(population, w.samples), keep=sampled)
     cfg = make_config(w, engine="auto")
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"clients_per_round": sampled / population})})
     method, state = WorkloadMethod(w), initial_state(w)
