@@ -1,4 +1,4 @@
-"""Benchmark: per-client loop vs vectorized engine (vs compiled / CUDA-graphed) vs Flower simulation.
+"""Benchmark: per-client loop vs vectorized engine (vs compiled / CUDA-graphed) vs Flower and pfl-research.
 
     PYTHONPATH=. python -m bench.vectorized [--out docs/benchmarks.md]
 
@@ -7,6 +7,7 @@ workloads W and W-large of ``bench/workloads.py``; each reports seconds per roun
 training + FedAvg aggregation) after warm-up rounds, and the table shows client-updates/s and
 the ratios measured in this one run. On a CPU-only machine W-large trains a sample of its
 clients per round (``--large-clients``), since one loop round over all 256 clients takes minutes.
+pfl-research runs in the bench-only environment (``--pfl-python``, see ``bench/pfl_sim.py``).
 """
 
 from __future__ import annotations
@@ -38,15 +39,20 @@ def run_worker(name: str, mode: str, rounds: int, warmup: int, clients: int, chu
     w = WORKLOADS[name]
     result: dict = {"workload": name, "mode": mode, "clients": clients, "device": device,
                     "threads": os.cpu_count() if mode == "flower" else threads}
-    if mode == "flower":
-        from bench.flower_sim import run_flower
-
+    if mode in ("flower", "pfl"):
         w = type(w)(**{**w.__dict__, "clients": clients})
-        times, cpu = run_flower(w, warmup + rounds, os.cpu_count() or 1)
+        if mode == "flower":
+            from bench.flower_sim import run_flower
+
+            times, cpu = run_flower(w, warmup + rounds, os.cpu_count() or 1)
+        else:
+            from bench.pfl_sim import run_pfl
+
+            times, cpu = run_pfl(w, warmup + rounds)
         result.update(round_s=times[warmup:], train_s=times[warmup:], engine_s=times[warmup:],
                       cpu_s=cpu[warmup:], warmup_s=sum(times[:warmup]))
         result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        result["peak_note"] = "driver process only"
+        result["peak_note"] = "driver process only" if mode == "flower" else "process RSS"
         return result
 
     from mmfl.engine import vectorized
@@ -101,8 +107,8 @@ def run_worker(name: str, mode: str, rounds: int, warmup: int, clients: int, chu
 
 # ---- driver: run every engine, print and write the table ----------------------------------------
 def spawn(name: str, mode: str, rounds: int, warmup: int, clients: int, chunk: int, device: str, threads: int,
-          timeout: float) -> dict:
-    cmd = [sys.executable, "-m", "bench.vectorized", "--worker", name, mode, "--rounds", str(rounds),
+          timeout: float, python: str = sys.executable) -> dict:
+    cmd = [python, "-m", "bench.vectorized", "--worker", name, mode, "--rounds", str(rounds),
            "--warmup", str(warmup), "--clients", str(clients), "--chunk", str(chunk), "--device", device,
            "--threads", str(threads)]
     t0 = time.perf_counter()
@@ -135,10 +141,13 @@ def summarize(rows: list[dict]) -> list[dict]:
         if "error" in r:
             continue
         loop, flower = by_key.get((r["workload"], "loop")), by_key.get((r["workload"], "flower"))
+        pfl = by_key.get((r["workload"], "pfl"))
         r["x_loop"] = r["ups"] / loop["ups"] if loop else None
         r["x_flower"] = r["ups"] / flower["ups"] if flower else None
+        r["x_pfl"] = r["ups"] / pfl["ups"] if pfl else None
         r["cpu_x_loop"] = loop["cpu_ms"] / r["cpu_ms"] if loop else None
         r["cpu_x_flower"] = flower["cpu_ms"] / r["cpu_ms"] if flower else None
+        r["cpu_x_pfl"] = pfl["cpu_ms"] / r["cpu_ms"] if pfl else None
     return rows
 
 
@@ -148,12 +157,12 @@ def fmt(v, spec: str = ".1f") -> str:
 
 def table(rows: list[dict]) -> str:
     head = ("| workload | engine | clients/round | rounds | s/round | train s/round | device s/round "
-            "| client-updates/s | x loop | x Flower | CPU ms/update | CPU x loop | CPU x Flower "
+            "| client-updates/s | x loop | x Flower | x pfl | CPU ms/update | CPU x loop | CPU x Flower | CPU x pfl "
             "| warm-up s | peak memory MB |")
-    lines = [head, "|" + "---|" * 15]
+    lines = [head, "|" + "---|" * 17]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['workload']} | {r['mode']} | {r['clients']} | - | failed: {r['error']} |||||||||||")
+            lines.append(f"| {r['workload']} | {r['mode']} | {r['clients']} | - | failed: {r['error']} |||||||||||||")
             continue
         mem = f"{r['peak_mb']:.0f} ({r['peak_note']})"
         if "gpu_peak_mb" in r:
@@ -161,7 +170,8 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['workload']} | {r['mode']} | {r['clients']} | {len(r['round_s'])} | {r['s_round']:.3f} "
             f"| {r['s_train']:.3f} | {r['s_engine']:.3f} | {r['ups']:.1f} | {fmt(r['x_loop'], '.2f')} | {fmt(r['x_flower'], '.2f')} "
-            f"| {r['cpu_ms']:.2f} | {fmt(r['cpu_x_loop'], '.2f')} | {fmt(r['cpu_x_flower'], '.2f')} "
+            f"| {fmt(r['x_pfl'], '.2f')} | {r['cpu_ms']:.2f} | {fmt(r['cpu_x_loop'], '.2f')} "
+            f"| {fmt(r['cpu_x_flower'], '.2f')} | {fmt(r['cpu_x_pfl'], '.2f')} "
             f"| {r['warmup_s']:.1f} | {mem} |"
         )
     return "\n".join(lines)
@@ -201,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="clients per W-large round (default: all 256 on GPU, 32 on CPU)")
     p.add_argument("--large-rounds", type=int, default=0, help="measured W-large rounds (default 5 GPU, 1 CPU)")
     p.add_argument("--no-flower", action="store_true")
+    p.add_argument("--pfl-python", default=".venv-bench/bin/python",
+                   help="interpreter of the bench-only environment with pfl (make bench creates it); "
+                        "'' leaves pfl-research out")
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--timeout", type=float, default=300, help="seconds per engine run")
     p.add_argument("--out", help="write the results into this Markdown file (section between markers)")
@@ -226,9 +239,16 @@ def main(argv: list[str] | None = None) -> int:
         clients = (args.large_clients or (w.clients if gpu else 32)) if large else w.clients
         rounds = (args.large_rounds or (5 if gpu else 1)) if large else args.rounds
         print(f"{name}: {params:,} parameters, {clients} clients/round, batch {w.batch_size}", flush=True)
-        for mode in modes + ([] if args.no_flower else ["flower"]):
-            device = "cpu" if mode == "flower" else args.device
-            r = spawn(name, mode, rounds, args.warmup, clients, args.chunk, device, args.threads, args.timeout)
+        extra = ([] if args.no_flower else ["flower"]) + (["pfl"] if args.pfl_python else [])
+        for mode in modes + extra:
+            device = "cpu" if mode in ("flower", "pfl") else args.device
+            python = args.pfl_python if mode == "pfl" else sys.executable
+            if mode == "pfl" and not Path(python).exists():
+                rows.append({"workload": name, "mode": mode, "clients": clients, "params": params,
+                             "error": f"{python} not found (make bench creates it)"})
+                continue
+            r = spawn(name, mode, rounds, args.warmup, clients, args.chunk, device, args.threads, args.timeout,
+                      python)
             r["params"] = params
             rows.append(r)
             msg = r.get("error") or f"{r['clients'] / statistics.median(r['round_s']):.1f} client-updates/s"
@@ -248,18 +268,21 @@ BEGIN, END = "<!-- bench:vectorized:begin -->", "<!-- bench:vectorized:end -->"
 def write_markdown(path: Path, text: str, command: str, rows: list[dict]) -> None:
     """Replace the generated section of ``path`` (between markers) with this run's table."""
     params = sorted({(r["workload"], r["params"]) for r in rows})
-    block = "\n".join([
-        BEGIN,
+    replace_section(path, BEGIN, END, "\n".join([
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}.",
         f"Command: `{command}` (the recipe of `make bench`, run from the repository root).",
         "Parameters: " + ", ".join(f"{n} {p:,}" for n, p in params) + ".",
         "",
         text,
-        END,
-    ])
+    ]))
+
+
+def replace_section(path: Path, begin: str, end: str, body: str) -> None:
+    """Put ``body`` between the markers ``begin`` and ``end`` of ``path`` (appended when they are missing)."""
+    block = f"{begin}\n{body}\n{end}"
     old = path.read_text() if path.exists() else ""
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END):]
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end):]
     else:
         new = (old.rstrip() + "\n\n" if old else "") + block + "\n"
     path.write_text(new)

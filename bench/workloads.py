@@ -81,7 +81,7 @@ class WorkloadMethod(FedAvg):
     def __init__(self, workload: Workload):
         self.workload = workload
 
-    def build_model(self, spec: DataSpec, cfg: ExperimentConfig) -> nn.Module:
+    def build_model(self, spec: DataSpec, cfg: ExperimentConfig, resources=None) -> nn.Module:
         return WorkloadNet(spec, self.workload.hidden)
 
 

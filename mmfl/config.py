@@ -197,7 +197,10 @@ class TrainConfig(_Strict):
     lr: float = Field(0.02, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-    engine: Literal["loop", "vectorized"] = "loop"
+    engine: Literal["auto", "loop", "vectorized"] = Field(
+        "auto",
+        description="auto: the vectorized engine wherever it reproduces the loop, else the loop (said once in the log)",
+    )
     device: str = Field(
         "auto", description="torch device: auto (CUDA when torch sees one, else CPU), cpu, cuda or cuda:<index>")
     vector_chunk: int = Field(64, ge=1, description="Vectorized engine: clients trained together per chunk")

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from mmfl.config import ExperimentConfig
-from mmfl.data.missing import simulate_missing
+from mmfl.data.missing import client_missing_rates, sample_presence
 from mmfl.data.partition import partition
 from mmfl.data.splits import load_dataset
 from mmfl.data.dataset import DataSpec, ModalitySpec, MultimodalDataset
+from mmfl.data.shards import ClientShards
 
-__all__ = ["DataSpec", "ModalitySpec", "MultimodalDataset", "FederatedData", "build_federated_data"]
+__all__ = ["DataSpec", "ModalitySpec", "MultimodalDataset", "FederatedData", "ClientShards", "build_federated_data"]
 
 
 @dataclass
 class FederatedData:
     spec: DataSpec
-    clients: list[MultimodalDataset]  # training shards with their missing-modality masks applied
+    # Training shards with their missing-modality masks applied; a client's shard is built when
+    # indexed (``ClientShards``), so a round materialises only its sampled clients.
+    clients: ClientShards
     test: MultimodalDataset  # complete; test patterns are applied at evaluation
 
 
@@ -29,13 +33,10 @@ def build_federated_data(cfg: ExperimentConfig) -> FederatedData:
     """
     train, test = load_dataset(cfg.data)
     parts = partition(train.labels.numpy(), cfg.partition, cfg.seed)
-    shards = [train.subset(p) for p in parts]
-    masks = simulate_missing([len(s) for s in shards], train.names, cfg.missing, cfg.seed)
-    clients = []
-    for shard, mask in zip(shards, masks):
-        keep = mask.any(dim=1)
-        if not bool(keep.all()):
-            idx = torch.nonzero(keep).flatten()
-            shard, mask = shard.subset(idx), mask[idx]
-        clients.append(shard.with_present(mask))
-    return FederatedData(train.spec, clients, test)
+    rates = client_missing_rates(cfg.missing, len(parts), cfg.seed)
+
+    def present(k: int, n: int) -> torch.Tensor:  # as simulate_missing draws client k's mask
+        rng = np.random.default_rng([cfg.seed, 3, k])
+        return torch.from_numpy(sample_presence(n, train.names, cfg.missing, rates[k], rng))
+
+    return FederatedData(train.spec, ClientShards.from_pool(train, parts, present), test)

@@ -60,7 +60,7 @@ def run_experiment(
     steps.apply_execution_settings(cfg)
     data = data if data is not None else steps.prepare_data(cfg)
     patterns = eval_patterns(data.spec.names, cfg.eval.patterns)
-    shards = dict(enumerate(data.clients))
+    shards = data.clients  # built per client when a round samples it
     start, state = session.begin(data.spec)
     run_id = session.open_run()
     if on_round is not None:

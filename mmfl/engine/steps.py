@@ -84,12 +84,13 @@ def client_train(
     """Local training of the sampled clients from the global state of the round.
 
     A client that raises or times out yields a failed update (see ``engine/robust.py``). With
-    ``train.engine: vectorized`` the clients train together when the engine reproduces the
-    method's local training (a failure then fails the batch); otherwise, said once in the log,
-    they train one by one exactly as with ``loop``, so a failure stays with its client.
+    ``train.engine: auto`` (the default) or ``vectorized`` the clients train together when the
+    engine reproduces the method's local training (a failure then fails the batch); otherwise,
+    said once in the log, they train one by one exactly as with ``loop``, so a failure stays
+    with its client.
     """
     method, spec = method_of(cfg), spec_of(state)
-    if cfg.train.engine == "vectorized" and client_ids:
+    if cfg.train.engine in ("auto", "vectorized") and client_ids:
         from mmfl.engine import vectorized
 
         trainer = vectorized.trainer_for(method, cfg, state, shards[client_ids[0]])

@@ -42,7 +42,7 @@ _TRAINERS: OrderedDict[str, VectorTrainer | str] = OrderedDict()  # setting -> t
 _MAX_TRAINERS = 4
 # Seconds spent by the last call: on the device (training) and turning results into ClientUpdates.
 last_timing: dict[str, float] = {}
-_WARNED: set[str] = set()
+_WARNED: set[str | tuple[str, str]] = set()
 
 
 # The local-training hooks this engine reproduces as ``Method`` defines them (plus ``penalty``).
@@ -118,8 +118,17 @@ def trainer_for(method: Method, cfg: ExperimentConfig, state: RoundState, sample
         spec = DataSpec.from_json(state.meta["data_spec"])
         found = _trainer(method, cfg, state, spec, sample, cuda_graph, static_buffers)
         if not isinstance(found, str):
+            if cfg.train.engine == "auto" and ("auto", method.name) not in _WARNED:
+                _WARNED.add(("auto", method.name))
+                log.info("train.engine auto: the vectorized engine trains the clients of %r together", method.name)
             return found
         reason = found
+    if cfg.train.engine == "auto":
+        # The loop is an expected choice of ``auto``: said once (INFO), then only at DEBUG.
+        level = logging.DEBUG if ("auto", reason) in _WARNED else logging.INFO
+        _WARNED.add(("auto", reason))
+        log.log(level, "train.engine auto: training clients one by one (the loop): %s", reason)
+        return None
     level = logging.INFO if reason in _WARNED else logging.WARNING
     _WARNED.add(reason)
     log.log(level, "vectorized engine: training clients one by one (the loop): %s", reason)
