@@ -34,6 +34,11 @@ run: install
 test: install $(HELM)
 	$(PY) -m pytest -q -p no:cacheprovider
 
+## fuzz: property tests with fresh random examples, 20x as many as in `make test` (which draws fixed ones)
+.PHONY: fuzz
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz_config.py tests/test_fuzz_artifacts.py tests/test_artifact_keys.py
+
 clean:
 	rm -rf runs mlruns.db mlartifacts
 
@@ -92,6 +97,11 @@ bench-pmcmfl: install
 bench-flexmod: install
 	mkdir -p runs/bench
 	$(PY) bench/flexmod_efficiency.py --seeds 0 1 2 --plot runs/bench/flexmod_efficiency.png --mlflow sqlite:///mlruns.db
+
+## bench-robust: accuracy with 0-40% Byzantine clients for each aggregation rule; writes docs/reliability.md
+.PHONY: bench-robust
+bench-robust: install
+	PYTHONPATH=$(CURDIR) $(PY) -m bench.robust --jobs $(or $(JOBS),1)
 
 ## bench: vectorized client engine vs per-client loop vs Flower simulation; writes docs/benchmarks.md
 bench: install

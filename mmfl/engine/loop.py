@@ -14,10 +14,11 @@ from typing import Any
 
 from mmfl.config import ExperimentConfig
 from mmfl.data.missing import eval_patterns
-from mmfl.engine import steps
+from mmfl.engine import identity, steps
 from mmfl.engine.robust import RoundFailedError, record_round_clients
 from mmfl.engine.session import ExperimentSession
 from mmfl.io import ArtifactStore, store_of
+from mmfl.io.lock import experiment_lock
 from mmfl.methods import resolve
 from mmfl.results import result_row
 
@@ -47,15 +48,33 @@ def run_experiment(
     on_round: RoundCallback | None = None,
     stop_after: int | None = None,
     engine: str = "local",
+    new_experiment: bool = False,
 ) -> ExperimentResult:
-    """Run (or resume) one experiment to ``cfg.train.rounds`` rounds; ``stop_after`` stops early."""
+    """Run (or resume) one experiment to ``cfg.train.rounds`` rounds; ``stop_after`` stops early.
+
+    A store that holds the experiment with other result settings refuses the run (ConfigError
+    naming the fields) unless ``new_experiment`` starts a separate one; another process running
+    the same experiment stops this one (``ExperimentBusy``).
+    """
     resolve(cfg)
-    session = ExperimentSession(cfg, store or store_of(cfg.storage), tracker, engine=engine)
+    if new_experiment:
+        cfg = identity.new_experiment(cfg)
+    store = store or store_of(cfg.storage)
+    with experiment_lock(store, cfg.experiment_id()):
+        return _run_locked(cfg, store, tracker, on_round, stop_after, engine)
+
+
+def _run_locked(cfg: ExperimentConfig, store: ArtifactStore, tracker: Any, on_round: RoundCallback | None,
+                stop_after: int | None, engine: str) -> ExperimentResult:
+    session = ExperimentSession(cfg, store, tracker, engine=engine)
     steps.apply_execution_settings(cfg)
     data = steps.prepare_data(cfg)
     patterns = eval_patterns(data.spec.names, cfg.eval.patterns)
     shards = dict(enumerate(data.clients))
+    sizes = {cid: len(shard) for cid, shard in shards.items()}
     start, state = session.begin(data.spec)
+    if start:
+        session.evaluate_missing(data.test, start)
     run_id = session.open_run()
     if on_round is not None:
         on_round(start, state, None)
@@ -66,7 +85,7 @@ def run_experiment(
             updates = steps.client_train(cfg, state, shards, clients)
             updates = steps.upload_prototypes(cfg, state, shards, updates)
             try:
-                state = steps.aggregate(cfg, state, updates, expected_clients=clients)
+                state = steps.aggregate(cfg, state, updates, expected_clients=clients, shard_sizes=sizes)
             except RoundFailedError as exc:
                 record_round_clients(session.tracker, r, exc.summary)
                 raise
@@ -80,6 +99,6 @@ def run_experiment(
         raise
     if last == cfg.train.rounds:
         session.end(data.spec)
-    history = session.history()
+    history = session.history(upto=state.round)
     final = history[-1]["eval"] if history and history[-1]["round"] == cfg.train.rounds else None
     return ExperimentResult(session.exp_id, run_id, state.round, final, history, patterns, resumed_from=start)

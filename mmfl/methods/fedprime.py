@@ -24,7 +24,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn import functional as F
 
-from mmfl.aggregation import weighted_mean
 from mmfl.aggregation.alignment import align_and_aggregate
 from mmfl.config import ExperimentConfig
 from mmfl.data.dataset import DataSpec, MultimodalDataset
@@ -126,11 +125,11 @@ class FedPrime(FrozenBackboneMethod):
         meta = dict(state.meta)
         tensors = {k: v for k, v in state.tensors.items()}
         if not self.pools:
-            new_model = weighted_mean(weights, sizes)
+            new_model = self.average(state, weights, sizes, ctx)
         else:
             p = ctx.params
             shared = [{k: v for k, v in w.items() if k not in INTER} for w in weights]
-            new_model = weighted_mean(shared, sizes)
+            new_model = self.average(state, shared, sizes, ctx)
             centers = torch.cat([tensors["server/inter_prompts"].flatten(1), tensors["server/inter_keys"]], dim=1)
             client_vecs, client_w = [], []
             for u, w in zip(updates, weights):
