@@ -13,11 +13,13 @@ with one of the attacks of ``reliability.fault_injection``:
 - ``false count``: it claims 10^9 samples (mode ``samples``).
 
 Each aggregation rule runs with the default screening; the ``unscreened`` variants switch the
-norm-ratio screen off, to show what a rule does on its own. Two tables: the grid (every rule, attack and fraction; ``--grid-rounds`` rounds, fewer than ``make run``'s 30 to keep it affordable on a
-small machine), and the headline check at the full ``--rounds``: 1 and 3 of 10 clients flipping
-signs or boosting, default configuration and robust rules, against the clean run. Results are
+norm-ratio screen off, to show what a rule does on its own. Two tables: the grid (every rule and
+attack, 0, 20 and 40 % of the clients attacking by default; ``--grid-rounds`` rounds, fewer than
+``make run``'s 30 to keep it affordable on a small machine), and the headline check at the full
+``--rounds``: 1 and 3 of 10 clients flipping signs or boosting, default configuration and robust
+rules, against the clean run. Results are
 cached in ``--json`` (an interrupted benchmark continues where it stopped) and written as
-markdown between the ``bench-robust`` markers of ``--doc``, with a plot next to the JSON.
+markdown between the ``bench-robust`` markers of ``--doc``, with a plot (``--plot``).
 
     python -m bench.robust --jobs 1
 """
@@ -155,7 +157,8 @@ def markdown(results: dict[str, dict[str, Any]], rules: list[str], grid_rules: l
                 res = results.get(key(rule, attack, f, grid_rounds))
                 cells.append(fmt(res) + (f" ({res['rejected']['attacker']}/{res['rejected']['honest']})" if res else ""))
             lines.append(f"| {rule} | {attack} | " + " | ".join(cells) + " |")
-    lines += ["", f"One seed (0); {len(results)} runs, {seconds / 60:.0f} min of training in total on a shared "
+    lines += ["", "![accuracy vs share of attackers](img/bench_robust.png)", "",
+              f"One seed (0); {len(results)} runs, {seconds / 60:.0f} min of training in total on a shared "
               "2-core machine (`train.threads=1`).", "", END]
     return "\n".join(lines)
 
@@ -198,6 +201,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="runs trained at once (one torch thread each)")
     ap.add_argument("--json", type=Path, default=ROOT / "runs" / "bench" / "robust.json")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "reliability.md")
+    ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "bench_robust.png",
+                    help="accuracy vs share of attackers, one panel per attack")
     ap.add_argument("--no-grid", action="store_true", help="only the headline check")
     args = ap.parse_args()
 
@@ -226,7 +231,8 @@ def main() -> None:
                     seconds)
     print(text)
     if not args.no_grid:
-        plot(results, args.grid_rules, args.attacks, args.fractions, args.grid_rounds, args.json.with_suffix(".png"))
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        plot(results, args.grid_rules, args.attacks, args.fractions, args.grid_rounds, args.plot)
     doc = args.doc.read_text()
     if START in doc and END in doc:
         args.doc.write_text(doc[: doc.index(START)] + text + doc[doc.index(END) + len(END):])

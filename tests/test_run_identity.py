@@ -112,3 +112,14 @@ def test_identity_refusal_names_every_differing_field(tmp_path):
     msg = str(info.value)
     assert "reliability.aggregation.rule (stored \"mean\", now \"median\")" in msg
     assert "reliability.max_norm_ratio (stored 3.0, now 10.0)" in msg and "tracking" not in msg
+
+
+def test_drills_that_cannot_change_weights_are_not_result_settings(tmp_path):
+    base = parse_experiment(tiny_config_dict(tmp_path))
+    slow = parse_experiment(tiny_config_dict(tmp_path, reliability={"fault_injection": [
+        {"round": 2, "client": 0, "mode": "sleep", "seconds": 1}, {"round": 3, "client": 1, "mode": "exit"}]}))
+    assert identity.result_differences(identity.manifest(slow), base) == []
+    timed = parse_experiment(tiny_config_dict(tmp_path, reliability={"client_timeout_s": 5, "fault_injection": [
+        {"round": 2, "client": 0, "mode": "sleep", "seconds": 10}]}))
+    assert [d.split(" ")[0] for d in identity.result_differences(identity.manifest(timed), base)] == [
+        "reliability.client_timeout_s", "reliability.fault_injection"]

@@ -4,7 +4,9 @@ Every setting falls into one of four groups:
 
 - **result**: anything that changes the trained weights or the numbers: data, partition,
   missing, model, method, seed, the training settings and every ``reliability.*`` setting
-  (screening, the aggregation rule and fault drills change which updates are averaged);
+  (screening, the aggregation rule and fault drills change which updates are averaged; only
+  the drills that cannot change weights, ``exit`` and ``sleep`` without a client timeout, are
+  left out);
 - **eval**: ``eval.every`` and ``eval.patterns``: a re-run evaluates what is missing on the
   stored checkpoints;
 - **tracking**: ``tracking.*``: a re-run logs to the new place and replays the stored rounds;
@@ -47,9 +49,20 @@ def _under(field: str, groups: tuple[str, ...]) -> bool:
     return any(field == g or field.startswith(g + ".") for g in groups)
 
 
+def result_faults(config: dict[str, Any]) -> list[Any]:
+    """The fault drills that can change the weights: all but ``exit`` (the process dies before the
+    round is saved) and ``sleep`` without a ``client_timeout_s`` (a delay only)."""
+    rel = config.get("reliability") or {}
+    timeout = rel.get("client_timeout_s")
+    return [f for f in rel.get("fault_injection") or []
+            if not (isinstance(f, dict) and (f.get("mode") == "exit" or (f.get("mode") == "sleep" and timeout is None)))]
+
+
 def split_settings(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """A config dump (``model_dump(mode="json")``) as {result, eval, tracking} flat dotted settings."""
     flat = flatten(config)
+    if "reliability.fault_injection" in flat:
+        flat["reliability.fault_injection"] = result_faults(config)
     groups: dict[str, dict[str, Any]] = {"result": {}, "eval": {}, "tracking": {}}
     for field, value in sorted(flat.items()):
         if _under(field, EXECUTION):
