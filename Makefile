@@ -34,6 +34,11 @@ run: install
 test: install $(HELM)
 	$(PY) -m pytest -q -p no:cacheprovider
 
+## fuzz: property tests with fresh random examples, 20x as many as in `make test` (which draws fixed ones)
+.PHONY: fuzz
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz_config.py tests/test_fuzz_artifacts.py tests/test_artifact_keys.py
+
 clean:
 	rm -rf runs mlruns.db mlartifacts
 
@@ -122,3 +127,8 @@ bench: install $(BENCH_STAMP)
 ## bench-cross-device: time per round and peak memory at 1,000 / 10,000 / 100,000 clients, 1% sampled
 bench-cross-device: install
 	PYTHONPATH=$(CURDIR) $(PY) -m bench.cross_device --out docs/benchmarks.md
+
+## bench-robust: accuracy with 0-40% Byzantine clients for each aggregation rule; writes docs/reliability.md
+.PHONY: bench-robust
+bench-robust: install
+	PYTHONPATH=$(CURDIR) $(PY) -m bench.robust --jobs $(or $(JOBS),1)

@@ -11,6 +11,7 @@ from importlib.metadata import entry_points
 from rich.console import Console
 
 from mmfl.errors import MmflError
+from mmfl.redact import redact_text
 
 # Wide enough for the test matrix when output goes to a file or CI log.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -41,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for cfg in configs:
         console.print(f"[bold]experiment[/bold] {cfg.experiment_id()}  ({cfg.data.name}, {cfg.partition.num_clients} clients, "
                       f"train missing {cfg.missing.label()})")
-        result = run_experiment(cfg, progress=not args.no_progress)
+        result = run_experiment(cfg, progress=not args.no_progress, new_experiment=args.new_experiment)
         if result.resumed_from:
             console.print(f"  resumed from round {result.resumed_from}")
         rows.append(result.row(cfg))
@@ -115,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", allow_abbrev=False, help="run (or resume) experiments with the local engine")
     _add_experiment_args(run)
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--new-experiment", action="store_true",
+                     help="when the store holds this experiment with other result settings, start a separate one")
     run.set_defaults(func=cmd_run)
 
     ev = sub.add_parser("eval", allow_abbrev=False, help="evaluate stored checkpoints on every test pattern")
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except MmflError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)  # no credential reaches the console
         return 2
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import re
 import reprlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -19,8 +18,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from mmfl.errors import ConfigError
+from mmfl.redact import redact_text, uri_secrets
 
-_URI_WITH_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#@]*@")
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KB; refuse to read more than 1 MiB (e.g. /dev/zero)
+SEED_LIMIT = 2**32  # numpy and scikit-learn take seeds in [0, 2^32)
 _SHORT_REPR = reprlib.Repr()
 _SHORT_REPR.maxlevel, _SHORT_REPR.maxstring, _SHORT_REPR.maxother, _SHORT_REPR.maxlong = 3, 70, 70, 40
 
@@ -65,11 +66,11 @@ class ImageTextConfig(_Strict):
 class DataConfig(_Strict):
     name: Literal["mfeat", "basicmotions", "synthetic", "food101", "mmimdb", "mfeat_text", "cub200", "flowers102"] = "mfeat"
     modalities: list[str] | None = Field(
-        None, description="Which views/modalities to use, in order; None = the dataset's default pair"
+        None, min_length=1, description="Which views/modalities to use, in order; None = the dataset's default pair"
     )
     path: str | None = Field(None, description="Read the dataset from this directory instead of the package copy")
     test_fraction: float = Field(0.2, gt=0, lt=1)
-    split_seed: int = Field(0, description="Seed of the fixed stratified train/test split")
+    split_seed: int = Field(0, ge=0, lt=SEED_LIMIT, description="Seed of the fixed stratified train/test split")
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     image_text: ImageTextConfig = Field(default_factory=ImageTextConfig)
 
@@ -167,8 +168,8 @@ class MissingConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    embed_dim: int = Field(64, ge=2)
-    hidden: int = Field(128, ge=2)
+    embed_dim: int = Field(64, ge=2, le=8192)
+    hidden: int = Field(128, ge=2, le=16384)
     fusion: Literal["concat", "attention"] = "concat"
     dropout: float = Field(0.0, ge=0, lt=1)
 
@@ -287,6 +288,8 @@ class EvalConfig(_Strict):
     @classmethod
     def _patterns(cls, v: list[str] | str) -> list[str] | str:
         if isinstance(v, list):
+            if not v:
+                raise ValueError("needs at least one test pattern (or auto)")
             for p in v:
                 parse_test_pattern(p)
         return v
@@ -316,28 +319,63 @@ class TrackingConfig(_Strict):
     @field_validator("uri")
     @classmethod
     def _no_credentials_in_uri(cls, v: str | None) -> str | None:
-        if v is not None and _URI_WITH_USERINFO.match(v):
-            raise ValueError("credentials must not be written into the config; set MLFLOW_TRACKING_USERNAME and "
-                             "MLFLOW_TRACKING_PASSWORD in the environment (a Kubernetes Secret in the cluster)")
+        found = uri_secrets(v) if v is not None else []
+        if found:
+            raise ValueError(f"credentials must not be written into the config (found {', '.join(found)}); set "
+                             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the "
+                             "environment (a Kubernetes Secret in the cluster)")
         return v
 
 
 class FaultSpec(_Strict):
-    """A fault injected into one client's work in one round: for fault-tolerance tests and drills.
+    """A fault injected into one client's work: for fault-tolerance tests, drills and attack benchmarks.
 
     Modes: ``raise`` (the client raises), ``exit`` (the whole process dies at once, as on an OOM
     kill), ``sleep`` (the client stalls ``seconds`` before training, e.g. to hit a timeout), and
-    poisoned results: ``nan`` / ``inf`` (one weight of the update becomes NaN / inf) and ``scale``
-    (every weight multiplied by ``scale``). With ``once_file`` the fault fires only while that file does not exist and creates
-    it when firing, so a retried task (or a re-run) succeeds.
+    Byzantine clients: ``nan`` / ``inf`` (one weight of the update becomes NaN / inf), ``scale``
+    (every weight multiplied by ``scale``, default 1e6; -1 flips the sign of the weights),
+    ``boost`` (the update's delta multiplied by ``scale``, default 10; -1 flips the delta's sign),
+    ``noise`` (the update replaced by the global model plus Gaussian noise of standard deviation
+    ``scale``, default 0.01), ``labels`` (the client trains on flipped labels, ``C - 1 - y``) and
+    ``samples`` (the client claims ``scale`` samples, default 1e9). ``round: null`` strikes in every
+    round. With ``once_file`` the fault fires only while that file does not exist and creates it
+    when firing, so a retried task (or a re-run) succeeds.
     """
 
-    round: int = Field(ge=1)
+    round: int | None = Field(None, ge=1, description="Round the fault strikes in; null = every round")
     client: int = Field(ge=0)
-    mode: Literal["raise", "exit", "sleep", "nan", "inf", "scale"]
+    mode: Literal["raise", "exit", "sleep", "nan", "inf", "scale", "boost", "noise", "labels", "samples"]
     seconds: float = Field(3600.0, gt=0, le=86_400)
-    scale: float = Field(1e6, description="Factor applied to the update weights in mode 'scale'")
+    scale: float | None = Field(None, description="Factor or size of the attack; null = the mode's default")
     once_file: str | None = Field(None, min_length=1, max_length=4096)
+
+    def factor(self) -> float:
+        """``scale``, or the mode's default (scale: 1e6, boost: 10, noise: 0.01, samples: 1e9)."""
+        if self.scale is not None:
+            return self.scale
+        return {"scale": 1e6, "boost": 10.0, "noise": 0.01, "samples": 1e9}.get(self.mode, 1.0)
+
+    @model_validator(mode="after")
+    def _sample_claim(self) -> "FaultSpec":
+        if self.mode == "samples" and self.scale is not None and not 1 <= self.scale <= 1e18:
+            raise ValueError(f"mode 'samples' claims scale samples; scale = {self.scale:g} must lie in [1, 1e18]")
+        return self
+
+
+class AggregationConfig(_Strict):
+    """How the server combines the accepted client models (see docs/reliability.md).
+
+    ``mean`` is the method's own weighted average (FedAvg's); the robust rules work on each
+    client's delta from the global model.
+    """
+
+    rule: Literal["mean", "median", "trimmed_mean", "multi_krum", "clip"] = "mean"
+    byzantine_fraction: float = Field(
+        0.3, ge=0, lt=0.5,
+        description="Assumed share f/n of Byzantine updates: trimmed_mean drops f per end, multi_krum's f",
+    )
+    krum_select: int | None = Field(None, ge=1, description="multi_krum: updates averaged (null = n - f; 1 = Krum)")
+    clip_ratio: float = Field(1.0, gt=0, description="clip: deltas scaled to at most this multiple of the median norm")
 
 
 class ReliabilityConfig(_Strict):
@@ -350,15 +388,21 @@ class ReliabilityConfig(_Strict):
         1e5, gt=0, description="Reject an update farther than this (L2) from the global model; None = off"
     )
     max_norm_ratio: float | None = Field(
-        100.0, gt=1, description="Reject an update farther than this multiple of the other clients' median distance"
+        3.0, gt=1, description="Reject an update farther than this multiple of the other clients' median distance"
     )
-    norm_ratio_min_updates: int = Field(3, ge=2, description="Apply max_norm_ratio only with at least this many updates")
+    min_cosine: float | None = Field(
+        None, ge=-1, le=1,
+        description="Reject an update whose delta has a lower cosine with the coordinate-median delta; None = off",
+    )
+    norm_ratio_min_updates: int = Field(
+        5, ge=2, description="Apply max_norm_ratio and min_cosine only with at least this many updates")
+    aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
     fault_injection: list[FaultSpec] = Field(default_factory=list)
 
 
 class ExperimentConfig(_Strict):
     name: str = Field("experiment", min_length=1, max_length=80, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     data: DataConfig = Field(default_factory=DataConfig)
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     missing: MissingConfig = Field(default_factory=MissingConfig)
@@ -412,7 +456,7 @@ class ExperimentConfig(_Strict):
 
 
 def _format_value(value: Any) -> str:
-    text = _SHORT_REPR.repr(value)  # bounded: never walks a huge or deeply nested input
+    text = redact_text(_SHORT_REPR.repr(value))  # bounded: never walks a huge or deeply nested input
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -470,21 +514,71 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"{where}: {' '.join(str(what).split())}"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that names one key twice (PyYAML keeps the last)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:  # the keys written here; merged ones (<<) may be overridden
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {_format_value(key)} (first at line {seen[key]})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        except TypeError:  # an unhashable key: construct_mapping reports it
+            continue
+    loader.flatten_mapping(node)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def _parse_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with duplicate keys refused."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _read_capped(path: Path) -> str:
+    """The text of ``path``, refusing more than ``MAX_CONFIG_BYTES`` (reads at most one byte past the cap)."""
+    with path.open("rb") as fh:
+        data = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise _TooLarge(f"config file {path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; not a config file")
+    return data.decode("utf-8")
+
+
+class _TooLarge(Exception):
+    pass
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The raw mapping of a YAML config file (not yet validated)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = _read_capped(path)
+    except _TooLarge as exc:
+        raise ConfigError(str(exc)) from None
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:  # folder, permissions, NUL in the path
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = _parse_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML{_yaml_problem(exc)}") from None
     except RecursionError:
         raise ConfigError(f"{path}: YAML nested too deeply") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise ConfigError(f"{path}: not a usable YAML value: {str(exc).split(':')[0][:120]}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -499,8 +593,8 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> None:
             raise ConfigError(f"override {item!r}: expected key=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
-        except (yaml.YAMLError, RecursionError):
+            value = _parse_yaml(raw)
+        except (yaml.YAMLError, RecursionError, ValueError):
             value = raw
         set_dotted(data, key.strip(), value)
 

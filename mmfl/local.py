@@ -22,8 +22,10 @@ def run_experiment(
     tracker: Any = None,
     progress: bool = True,
     stop_after: int | None = None,
+    new_experiment: bool = False,
 ) -> ExperimentResult:
-    """Run (or resume) one experiment to ``cfg.train.rounds`` rounds; ``stop_after`` stops early."""
+    """Run (or resume) one experiment to ``cfg.train.rounds`` rounds; ``stop_after`` stops early
+    (``new_experiment``: see ``mmfl.engine.loop.run_experiment``)."""
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), disable=not progress) as bar:
         task = bar.add_task(f"{cfg.name} {cfg.method.name}", total=cfg.train.rounds, info="")
@@ -39,7 +41,7 @@ def run_experiment(
             if progress and evaluation and not bar.console.is_terminal:
                 bar.console.print(f"  round {r}/{cfg.train.rounds}: {info}")  # progress in plain logs too
 
-        return run_rounds(cfg, store, tracker, on_round=on_round, stop_after=stop_after)
+        return run_rounds(cfg, store, tracker, on_round=on_round, stop_after=stop_after, new_experiment=new_experiment)
 
 
 __all__ = ["ExperimentResult", "run_experiment"]

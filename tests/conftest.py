@@ -12,12 +12,19 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 from tests.helpers.servers import mlflow_server  # noqa: E402
 from tests.helpers.s3 import S3Server, seaweedfs_s3  # noqa: E402
 from mmfl.methods import parse_experiment
 
 torch.set_num_threads(1)
+
+# Property tests draw the same examples on every run (CI must not be flaky); `make fuzz` explores
+# with fresh random examples and many more of them (HYPOTHESIS_PROFILE=fuzz).
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, max_examples=150)
+settings.register_profile("fuzz", derandomize=False, deadline=None, max_examples=3000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

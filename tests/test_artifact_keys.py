@@ -65,7 +65,7 @@ def test_symlink_out_of_the_store_is_refused(tmp_path):
     assert not (outside / "new.json").exists()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(key=st.text(min_size=0, max_size=60) | st.lists(st.sampled_from(["..", ".", "", "a", "b.c", "/", "\\", "\x00"]),
                                                         max_size=6).map("/".join))
 def test_any_key_is_refused_or_stays_inside_the_root(tmp_path, key):

@@ -14,7 +14,7 @@ from mmfl.io.codec import json_from_bytes, state_from_bytes, state_to_bytes, ten
 from mmfl.errors import ArtifactError
 from mmfl.io.store import LocalStore
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 STATE = RoundState(3, {"model/w": torch.randn(4, 3), "model/b": torch.zeros(3), "count": torch.arange(5)},
                    {"method": "fedavg", "history": [{"round": 3, "train_loss": 0.5}]})

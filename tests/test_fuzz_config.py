@@ -15,7 +15,7 @@ from mmfl.errors import ConfigError, MmflError
 from mmfl.methods import load_experiment, parse_experiment
 from tests.conftest import tiny_config_dict
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+FUZZ = settings(suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                           HealthCheck.too_slow])
 BASE = tiny_config_dict(Path("/tmp/mmfl-fuzz"))
 

@@ -144,3 +144,16 @@ def test_resume_after_damage_recomputes_and_matches(tmp_path, reference):
     result = run_experiment(parse_experiment(experiment(tmp_path)), progress=False)
     assert result.resumed_from == 2 and result.rounds_done == ROUNDS
     assert_same_rounds(store, ref_store, exp_id, ROUNDS)
+
+
+@pytest.mark.parametrize("damage", [b"garbage", b'{"round": 2' + b"0" * 5000 + b"}", b'{"round": 7}'])
+def test_damaged_middle_round_is_recomputed_like_a_torn_last_round(tmp_path, reference, damage):
+    ref_cfg, ref_store = reference
+    exp_id = ref_cfg.experiment_id()
+    store = LocalStore(tmp_path / "store")
+    _copy_rounds(ref_store, store, exp_id, upto=ROUNDS)  # complete, then round 2 of 4 damaged on disk
+    (store.root / round_prefix(exp_id, 2) / "metrics.json").write_bytes(damage)
+    assert resume_point(store, exp_id)[0] == 1
+    result = run_experiment(parse_experiment(experiment(tmp_path)), progress=False)
+    assert result.resumed_from == 1 and result.rounds_done == ROUNDS
+    assert_same_rounds(store, ref_store, exp_id, ROUNDS)

@@ -85,12 +85,13 @@ def test_relative_norm_limit_catches_what_the_absolute_one_lets_through(round_on
         scaled.append(ClientUpdate(u.client_id, u.num_samples, tensors, u.metrics))
     distances = [robust.update_distance(u, g) for u in scaled]
     assert max(distances) < 1e5  # below the absolute limit
-    accepted, rejected = robust.validate_updates(scaled, state, cfg)
+    compare = with_reliability(cfg, norm_ratio_min_updates=3)
+    accepted, rejected = robust.validate_updates(scaled, state, compare)
     assert [r["client"] for r in rejected] == [1] and "median of the other clients" in rejected[0]["reason"]
-    off = with_reliability(cfg, max_norm_ratio=None)
+    off = with_reliability(compare, max_norm_ratio=None)
     assert robust.validate_updates(scaled, state, off)[1] == []
-    few = with_reliability(cfg, norm_ratio_min_updates=5)  # only 4 updates: no relative check
-    assert robust.validate_updates(scaled, state, few)[1] == []
+    assert cfg.reliability.norm_ratio_min_updates == 5  # the default: only 4 updates, no relative check
+    assert robust.validate_updates(scaled, state, cfg)[1] == []
 
 
 def test_malformed_updates_are_rejected_with_reasons(round_one):
@@ -287,8 +288,13 @@ def test_reliability_config_errors_name_the_field(tmp_path, rel, field):
     assert field in str(info.value)
 
 
-def test_reliability_settings_do_not_change_the_experiment_id(tmp_path):
+def test_reliability_settings_keep_the_experiment_id_but_are_result_settings(tmp_path):
+    from mmfl.engine import identity
+
     base = parse_experiment(tiny_config_dict(tmp_path))
     other = parse_experiment(tiny_config_dict(tmp_path, reliability={
         "quorum": 1.0, "client_timeout_s": 9, "fault_injection": [{"round": 1, "client": 0, "mode": "raise"}]}))
-    assert base.experiment_id() == other.experiment_id()
+    assert base.experiment_id() == other.experiment_id()  # same experiment: a re-run compares the manifest
+    diffs = identity.result_differences(identity.manifest(base), other)
+    assert [d.split(" ")[0] for d in diffs] == ["reliability.client_timeout_s", "reliability.fault_injection",
+                                                "reliability.quorum"]

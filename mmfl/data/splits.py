@@ -7,8 +7,9 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from mmfl.config import DataConfig
-from mmfl.data.loaders import load_raw
 from mmfl.data.dataset import DataSpec, MultimodalDataset
+from mmfl.data.loaders import load_raw
+from mmfl.errors import ConfigError
 
 
 def load_dataset(cfg: DataConfig) -> tuple[MultimodalDataset, MultimodalDataset]:
@@ -20,9 +21,13 @@ def load_dataset(cfg: DataConfig) -> tuple[MultimodalDataset, MultimodalDataset]
     """
     raw = load_raw(cfg)
     idx = np.arange(len(raw.labels))
-    train_idx, test_idx = train_test_split(
-        idx, test_size=cfg.test_fraction, stratify=raw.labels, random_state=cfg.split_seed
-    )
+    try:
+        train_idx, test_idx = train_test_split(
+            idx, test_size=cfg.test_fraction, stratify=raw.labels, random_state=cfg.split_seed
+        )
+    except ValueError as exc:  # too few samples on one side for a stratified split
+        raise ConfigError(f"data.test_fraction = {cfg.test_fraction:g}: no stratified split of {len(idx)} samples "
+                          f"of {raw.num_classes} classes ({str(exc).splitlines()[0][:160]})") from None
     train_idx.sort()
     test_idx.sort()
     spec = DataSpec(tuple(raw.specs), raw.num_classes, tuple(raw.class_names or ()))

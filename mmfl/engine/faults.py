@@ -2,8 +2,9 @@
 
 Fault tolerance that is never exercised is fault tolerance that does not work: these hooks let
 tests (and drills on a real cluster) make one client raise, stall, kill its process, or send a
-poisoned update in one round, through the same code path that real failures take.
-Faults never change the experiment id, so a faulty run and a clean re-run share checkpoints.
+poisoned update in one round or every round, through the same code path that real failures
+take. The Byzantine modes (``scale``, ``boost``, ``noise``, ``labels``, ``samples``) are the
+attacks of ``make bench-robust``.
 """
 
 from __future__ import annotations
@@ -11,14 +12,20 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from mmfl.config import ExperimentConfig, FaultSpec
+from mmfl.data.dataset import MultimodalDataset
 from mmfl.state import ClientUpdate
 
 log = logging.getLogger(__name__)
 
 PRE_TRAINING = ("raise", "exit", "sleep")
+DATA = ("labels",)
 EXIT_CODE = 137  # what a SIGKILLed (e.g. OOM-killed) process reports
 
 
@@ -30,7 +37,7 @@ def faults_for(cfg: ExperimentConfig, round_index: int, client_id: int) -> list[
     """Faults configured for this (round, client) that are still armed."""
     return [
         f for f in cfg.reliability.fault_injection
-        if f.round == round_index and f.client == client_id and _armed(f)
+        if f.round in (None, round_index) and f.client == client_id and _armed(f)
     ]
 
 
@@ -63,20 +70,54 @@ def before_training(cfg: ExperimentConfig, round_index: int, client_id: int) -> 
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
 
-def after_training(cfg: ExperimentConfig, round_index: int, update: ClientUpdate) -> ClientUpdate:
-    """Apply the faults that poison a finished update: nan, inf or scale."""
+def poison_shards(cfg: ExperimentConfig, round_index: int, shards: Mapping[int, MultimodalDataset],
+                  client_ids: list[int] | tuple[int, ...]) -> Mapping[int, MultimodalDataset]:
+    """``shards`` with the labels of clients under a ``labels`` fault flipped (``C - 1 - y``) for this round."""
+    flipped = {}
+    for cid in client_ids:
+        for fault in faults_for(cfg, round_index, cid):
+            if fault.mode in DATA and cid not in flipped:
+                _fire(fault, round_index, cid)
+                shard = shards[cid]
+                flipped[cid] = MultimodalDataset(shard.spec, shard.inputs, shard.spec.num_classes - 1 - shard.labels,
+                                                 shard.present)
+    return {**shards, **flipped} if flipped else shards
+
+
+def _noise(cfg: ExperimentConfig, round_index: int, client_id: int, like: torch.Tensor, std: float) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, 0xBAD, round_index, client_id])
+                                            .generate_state(1)[0]))
+    return torch.randn(like.shape, generator=gen, dtype=torch.float64) * std
+
+
+def after_training(cfg: ExperimentConfig, round_index: int, update: ClientUpdate,
+                   reference: Mapping[str, torch.Tensor] | None = None) -> ClientUpdate:
+    """Apply the faults that poison a finished update; ``reference`` (the global model) for boost and noise."""
     for fault in faults_for(cfg, round_index, update.client_id):
-        if fault.mode in PRE_TRAINING:
+        if fault.mode in PRE_TRAINING or fault.mode in DATA:
             continue
+        if fault.mode in ("boost", "noise") and reference is None:
+            raise ValueError(f"fault mode {fault.mode!r} needs the global model")
         _fire(fault, round_index, update.client_id)
         tensors = dict(update.tensors)
+        num_samples = update.num_samples
         weights = [k for k, v in tensors.items() if k.startswith("model/") and v.is_floating_point()]
-        if fault.mode == "scale":
+        factor = fault.factor()
+        if fault.mode == "samples":
+            num_samples = int(factor)
+        elif fault.mode == "scale":
             for key in weights:
-                tensors[key] = tensors[key] * fault.scale
+                tensors[key] = tensors[key] * factor
+        elif fault.mode in ("boost", "noise"):
+            for key in weights:
+                ref = reference[key[len("model/"):]].to(torch.float64)
+                value = tensors[key].to(torch.float64)
+                moved = ref + factor * (value - ref) if fault.mode == "boost" else (
+                    ref + _noise(cfg, round_index, update.client_id, ref, factor))
+                tensors[key] = moved.to(tensors[key].dtype)
         elif weights:  # one diverged entry is enough to ruin an average
             poisoned = tensors[weights[0]].clone()
             poisoned.view(-1)[0] = float(fault.mode)
             tensors[weights[0]] = poisoned
-        update = ClientUpdate(update.client_id, update.num_samples, tensors, update.metrics, update.meta)
+        update = ClientUpdate(update.client_id, num_samples, tensors, update.metrics, update.meta)
     return update

@@ -15,10 +15,11 @@ from typing import Any
 from mmfl.config import ExperimentConfig
 from mmfl.data import FederatedData
 from mmfl.data.missing import eval_patterns
-from mmfl.engine import steps
+from mmfl.engine import identity, steps
 from mmfl.engine.robust import RoundFailedError, record_round_clients
 from mmfl.engine.session import ExperimentSession
 from mmfl.io import ArtifactStore, store_of
+from mmfl.io.lock import experiment_lock
 from mmfl.methods import resolve
 from mmfl.results import result_row
 
@@ -50,18 +51,36 @@ def run_experiment(
     engine: str = "local",
     data: FederatedData | None = None,
     tags: dict[str, str] | None = None,
+    new_experiment: bool = False,
 ) -> ExperimentResult:
     """Run (or resume) one experiment to ``cfg.train.rounds`` rounds; ``stop_after`` stops early.
 
     ``data`` is the prepared data when the caller has it (a pipeline task reads the shards from the
-    store); ``tags`` are added to the experiment's run (e.g. the KFP run that trains these rounds)."""
+    store); ``tags`` are added to the experiment's run (e.g. the KFP run that trains these rounds).
+    A store that holds the experiment with other result settings refuses the run (ConfigError
+    naming the fields) unless ``new_experiment`` starts a separate one; another process running
+    the same experiment stops this one (``ExperimentBusy``).
+    """
     resolve(cfg)
-    session = ExperimentSession(cfg, store or store_of(cfg.storage), tracker, engine=engine, tags=tags)
+    if new_experiment:
+        cfg = identity.new_experiment(cfg)
+    store = store or store_of(cfg.storage)
+    with experiment_lock(store, cfg.experiment_id()):
+        return _run_locked(cfg, store, tracker, on_round, stop_after, engine, data, tags)
+
+
+def _run_locked(cfg: ExperimentConfig, store: ArtifactStore, tracker: Any, on_round: RoundCallback | None,
+                stop_after: int | None, engine: str, data: FederatedData | None,
+                tags: dict[str, str] | None) -> ExperimentResult:
+    session = ExperimentSession(cfg, store, tracker, engine=engine, tags=tags)
     steps.apply_execution_settings(cfg)
     data = data if data is not None else steps.prepare_data(cfg)
     patterns = eval_patterns(data.spec.names, cfg.eval.patterns)
     shards = data.clients  # built per client when a round samples it
+    sizes = {cid: shards.size(cid) for cid in range(len(shards))}  # what the server knows of each shard
     start, state = session.begin(data.spec)
+    if start:
+        session.evaluate_missing(data.test, start)
     run_id = session.open_run()
     if on_round is not None:
         on_round(start, state, None)
@@ -72,7 +91,7 @@ def run_experiment(
             updates = steps.client_train(cfg, state, shards, clients)
             updates = steps.upload_prototypes(cfg, state, shards, updates)
             try:
-                state = steps.aggregate(cfg, state, updates, expected_clients=clients)
+                state = steps.aggregate(cfg, state, updates, expected_clients=clients, shard_sizes=sizes)
             except RoundFailedError as exc:
                 record_round_clients(session.tracker, r, exc.summary)
                 raise
@@ -86,6 +105,6 @@ def run_experiment(
         raise
     if last == cfg.train.rounds:
         session.end(data.spec)
-    history = session.history()
+    history = session.history(upto=state.round)
     final = history[-1]["eval"] if history and history[-1]["round"] == cfg.train.rounds else None
     return ExperimentResult(session.exp_id, run_id, state.round, final, history, patterns, resumed_from=start)

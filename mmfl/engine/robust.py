@@ -25,11 +25,12 @@ import logging
 import math
 import statistics
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import torch
 
+from mmfl.aggregation.robust_mean import delta_stats
 from mmfl.config import ExperimentConfig
 from mmfl.engine import faults
 from mmfl.state import ClientUpdate, RoundState, StackedRow, shape_dtype
@@ -103,16 +104,17 @@ def call_with_deadline(fn: Callable[[], T], timeout_s: float | None, what: str) 
 
 
 def guarded(cfg: ExperimentConfig, round_index: int, client_id: int, work: Callable[[], ClientUpdate],
-            stage: str = "client_train") -> ClientUpdate:
+            stage: str = "client_train", reference: Mapping[str, torch.Tensor] | None = None) -> ClientUpdate:
     """Run one client's ``work`` under the timeout; an exception or timeout becomes a failed update.
 
-    Injected faults (``reliability.fault_injection``) strike in the ``client_train`` stage only.
+    Injected faults (``reliability.fault_injection``) strike in the ``client_train`` stage only;
+    ``reference`` is the global model the poisoning modes ``boost`` and ``noise`` start from.
     """
     def attempt() -> ClientUpdate:
         if stage != "client_train":
             return work()
         faults.before_training(cfg, round_index, client_id)
-        return faults.after_training(cfg, round_index, work())
+        return faults.after_training(cfg, round_index, work(), reference)
 
     try:
         return call_with_deadline(attempt, cfg.reliability.client_timeout_s, f"round{round_index}-client{client_id}")
@@ -124,13 +126,15 @@ def guarded(cfg: ExperimentConfig, round_index: int, client_id: int, work: Calla
 
 
 def train_clients(cfg: ExperimentConfig, round_index: int, client_ids: Sequence[int],
-                  train_one: Callable[[int], ClientUpdate]) -> list[ClientUpdate]:
+                  train_one: Callable[[int], ClientUpdate],
+                  reference: Mapping[str, torch.Tensor] | None = None) -> list[ClientUpdate]:
     """One guarded call of ``train_one(client)`` per client, in order."""
-    return [guarded(cfg, round_index, cid, lambda cid=cid: train_one(cid)) for cid in client_ids]
+    return [guarded(cfg, round_index, cid, lambda cid=cid: train_one(cid), reference=reference) for cid in client_ids]
 
 
 def train_batch(cfg: ExperimentConfig, round_index: int, client_ids: Sequence[int],
-                train_many: Callable[[list[int]], list[ClientUpdate]]) -> list[ClientUpdate]:
+                train_many: Callable[[list[int]], list[ClientUpdate]],
+                reference: Mapping[str, torch.Tensor] | None = None) -> list[ClientUpdate]:
     """Clients trained together (vectorised engine): one deadline for the batch, failures per client."""
     failed: dict[int, ClientUpdate] = {}
     for cid in client_ids:
@@ -144,7 +148,7 @@ def train_batch(cfg: ExperimentConfig, round_index: int, client_ids: Sequence[in
         try:
             updates = call_with_deadline(lambda: train_many(ids), cfg.reliability.client_timeout_s,
                                          f"round{round_index}-batch")
-            trained = {u.client_id: faults.after_training(cfg, round_index, u) for u in updates}
+            trained = {u.client_id: faults.after_training(cfg, round_index, u, reference) for u in updates}
         except Exception as exc:
             reason = f"client_train (batch of {len(ids)}): {_describe(exc)}"
             log.warning("round %d: batch training failed: %s", round_index, reason)
@@ -205,7 +209,13 @@ def _static_problem(update: ClientUpdate, global_weights: dict[str, torch.Tensor
 def validate_updates(
     updates: Sequence[ClientUpdate], state: RoundState, cfg: ExperimentConfig
 ) -> tuple[list[ClientUpdate], list[dict[str, Any]]]:
-    """Split non-failed updates into (accepted, rejected [{client, reason}]); nothing rejected is averaged."""
+    """Split non-failed updates into (accepted, rejected [{client, reason}]); nothing rejected is averaged.
+
+    Each update is first checked on its own (finite, matching shapes, positive ``num_samples``,
+    distance to the global model below ``max_update_norm``), then against the round's other
+    updates: its distance must stay within ``max_norm_ratio`` times the median distance of the
+    others, and its delta's cosine with the coordinate-wise median delta at or above ``min_cosine``.
+    """
     rel = cfg.reliability
     global_weights = state.model_weights()
     rejected: list[dict[str, Any]] = []
@@ -227,19 +237,48 @@ def validate_updates(
         else:
             rejected.append({"client": u.client_id, "reason": problem})
     accepted = []
-    use_ratio = rel.max_norm_ratio is not None and len(candidates) >= rel.norm_ratio_min_updates
+    compare = len(candidates) >= rel.norm_ratio_min_updates
+    cos = None
+    if compare and rel.min_cosine is not None:
+        cos = delta_stats([u.model_weights() for u, _ in candidates], global_weights).centre_cosines.tolist()
     for i, (u, distance) in enumerate(candidates):
-        if use_ratio:
+        if compare and rel.max_norm_ratio is not None:
             reference = statistics.median(d for j, (_, d) in enumerate(candidates) if j != i)
             if reference > 0 and distance > rel.max_norm_ratio * reference:
                 rejected.append({"client": u.client_id, "reason": (
                     f"update norm {distance:.4g} is {distance / reference:.3g}x the median of the other clients "
                     f"({reference:.4g}); limit reliability.max_norm_ratio = {rel.max_norm_ratio:g}")})
                 continue
+        if cos is not None and cos[i] < rel.min_cosine:
+            rejected.append({"client": u.client_id, "reason": (
+                f"update direction has cosine {cos[i]:.3f} with the median update of the round; "
+                f"limit reliability.min_cosine = {rel.min_cosine:g}")})
+            continue
         accepted.append(u)
     for item in rejected:
         log.warning("round %d: rejected update of client %d: %s", state.round + 1, item["client"], item["reason"])
     return accepted, rejected
+
+
+def cap_samples(updates: Sequence[ClientUpdate], shard_sizes: Mapping[int, int] | None,
+                round_index: int) -> tuple[list[ClientUpdate], list[dict[str, Any]]]:
+    """Updates whose claimed ``num_samples`` exceeds the server's record of the client's shard, capped to it.
+
+    The sample count is an aggregation weight, so a client that claims 10^9 samples would
+    otherwise dictate the average. Returns the updates and ``[{client, claimed, known}]``.
+    """
+    if shard_sizes is None:
+        return list(updates), []
+    out, capped = [], []
+    for u in updates:
+        known = shard_sizes.get(u.client_id)
+        if known is not None and u.num_samples > known:
+            capped.append({"client": u.client_id, "claimed": u.num_samples, "known": int(known)})
+            log.warning("round %d: client %d claims %d samples, its shard holds %d; weighted as %d",
+                        round_index, u.client_id, u.num_samples, known, known)
+            u = ClientUpdate(u.client_id, int(known), u.tensors, u.metrics, {**u.meta, "claimed_samples": u.num_samples})
+        out.append(u)
+    return out, capped
 
 
 # ---- the quorum ---------------------------------------------------------------------------------
@@ -251,12 +290,13 @@ def required_updates(cfg: ExperimentConfig, sampled: int) -> int:
 
 def screen_round(
     cfg: ExperimentConfig, state: RoundState, updates: Sequence[ClientUpdate],
-    expected_clients: Sequence[int] | None = None,
+    expected_clients: Sequence[int] | None = None, shard_sizes: Mapping[int, int] | None = None,
 ) -> tuple[list[ClientUpdate], dict[str, Any]]:
     """Accepted updates and the round's client summary; RoundFailedError if the quorum is not met.
 
     ``expected_clients`` (the sampled clients) lets a caller that collects updates from separate
-    tasks count a client whose update never arrived as failed.
+    tasks count a client whose update never arrived as failed. ``shard_sizes`` (client -> samples
+    the server gave it) caps each accepted update's claimed ``num_samples``.
     """
     round_index = state.round + 1
     failed = [{"client": u.client_id, "reason": str(u.meta.get("error", "failed"))} for u in updates if is_failed(u)]
@@ -269,6 +309,7 @@ def screen_round(
         strangers = [u for u in updates if u.client_id not in set(sampled)]
     known = [u for u in updates if all(u is not s for s in strangers)]
     accepted, rejected = validate_updates(known, state, cfg)
+    accepted, capped = cap_samples(accepted, shard_sizes, round_index)
     rejected += [{"client": u.client_id, "reason": "client was not sampled in this round"} for u in strangers]
     needed = required_updates(cfg, len(sampled))
     summary = {
@@ -278,6 +319,8 @@ def screen_round(
         "rejected": rejected,
         "needed": needed,
     }
+    if capped:
+        summary["capped"] = capped
     if not updates and expected_clients is None:
         raise RoundFailedError(f"round {round_index}: no client updates to aggregate", round_index, summary)
     if len(accepted) < needed:
@@ -295,8 +338,11 @@ def screen_round(
 def clients_summary(state: RoundState) -> dict[str, Any]:
     """{sampled, aggregated, failed, rejected} of the round that produced ``state`` (for metrics.json)."""
     entry = state.meta["history"][-1]
-    return {"sampled": entry.get("sampled", entry["clients"]), "aggregated": entry["clients"],
-            "failed": entry.get("failed", []), "rejected": entry.get("rejected", [])}
+    out = {"sampled": entry.get("sampled", entry["clients"]), "aggregated": entry["clients"],
+           "failed": entry.get("failed", []), "rejected": entry.get("rejected", [])}
+    if entry.get("capped"):
+        out["capped"] = entry["capped"]
+    return out
 
 
 def round_client_metrics(summary: dict[str, Any]) -> dict[str, float]:
@@ -312,5 +358,5 @@ def round_client_metrics(summary: dict[str, Any]) -> dict[str, float]:
 def record_round_clients(tracker: Any, round_index: int, summary: dict[str, Any]) -> None:
     """Log client counts (step = round) and, when something went wrong, which clients and why."""
     tracker.log_metrics(round_client_metrics(summary), step=round_index)
-    if summary["failed"] or summary["rejected"]:
+    if summary["failed"] or summary["rejected"] or summary.get("capped"):
         tracker.log_dict({"round": round_index, **summary}, f"clients/round_{round_index:05d}.json")

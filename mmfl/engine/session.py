@@ -4,8 +4,11 @@ The local engine (``mmfl/local.py``) and the pipeline tasks (``mmfl/kfp/tasks.py
 differently (one process, or one pod per step) but record them the same way, through this
 session, in the manner of training-process callbacks:
 
+    check_identity()       -> a re-run with other result settings than the stored ones is refused
     begin(spec)            -> the resume point: the newest complete round, or the initial state (saved)
-    open_run()             -> the experiment's MLflow run, opened or resumed (its id kept in the store)
+    evaluate_missing(...)  -> patterns the eval settings now ask for, evaluated on stored checkpoints
+    open_run()             -> the experiment's MLflow run, opened or resumed (its id kept in the store),
+                              with the stored rounds it lacks replayed
     after_round(state, e)  -> metrics logged, then the round checkpointed (metrics.json last)
     end(spec)              -> the test matrix, result and accuracy plot in the run; the run finished
 
@@ -20,11 +23,12 @@ from typing import Any
 from mmfl.config import ExperimentConfig
 from mmfl.data.dataset import DataSpec
 from mmfl.data.missing import eval_patterns
-from mmfl.engine import steps
-from mmfl.engine.robust import clients_summary, record_round_clients
+from mmfl.engine import identity, steps
+from mmfl.engine.robust import clients_summary, record_round_clients, round_client_metrics
 from mmfl.io import ArtifactStore
-from mmfl.io.layout import config_key, metrics_history, resume_point, round_prefix, save_round, tracking_key
-from mmfl.io.tracking import NullTracker, open_tracker
+from mmfl.io.layout import (completed_rounds, config_key, load_metrics, load_round, manifest_key, metrics_history,
+                            resume_point, round_prefix, save_round, tracking_key)
+from mmfl.io.tracking import SafeTracker, attach_run, open_tracker
 from mmfl.results import matrix_records, metric_key, plot_history, result_row
 from mmfl.state import RoundState
 
@@ -41,6 +45,14 @@ def round_metrics(history_entry: dict[str, Any], evaluation: dict[str, Any] | No
     return out
 
 
+def stored_round_metrics(entry: dict[str, Any]) -> dict[str, float]:
+    """What was logged for a round, rebuilt from its ``metrics.json`` (to replay it to a tracker)."""
+    out = round_metrics({"train_loss": entry.get("train_loss", float("nan"))}, entry.get("eval"))
+    if entry.get("clients"):
+        out.update(round_client_metrics(entry["clients"]))
+    return out
+
+
 class ExperimentSession:
     """The store and tracker side of one experiment (``engine``: ``local`` or ``kfp``, a run tag)."""
 
@@ -49,19 +61,62 @@ class ExperimentSession:
         self.cfg, self.store, self.engine = cfg, store, engine
         self.tags = dict(tags or {})  # extra run tags, e.g. the KFP run that drives this segment
         self.exp_id = cfg.experiment_id()
-        self._tracker = tracker
+        self._tracker = tracker if tracker is None or isinstance(tracker, SafeTracker) else SafeTracker(tracker)
+        self.start: int | None = None  # rounds done when the run began (None: not begun here, e.g. a pipeline task)
+        self._late: dict[int, dict[str, Any]] = {}
+
+    # ---- identity ---------------------------------------------------------------------------
+    def check_identity(self) -> None:
+        """Refuse other result settings than the stored experiment's (ConfigError naming the fields);
+        store the manifest of the current settings (eval and tracking changes are honoured)."""
+        key, legacy = manifest_key(self.exp_id), config_key(self.exp_id)
+        stored = self.store.get_json(key) if self.store.exists(key) else (
+            identity.legacy_manifest(self.store.get_json(legacy)) if self.store.exists(legacy) else None)
+        if stored is not None:
+            identity.refuse_if_different(stored, self.cfg, repr(self.store))
+        current = identity.manifest(self.cfg)
+        if stored != current:
+            self.store.put_json(key, current)
 
     # ---- store ------------------------------------------------------------------------------
     def begin(self, spec: DataSpec) -> tuple[int, RoundState]:
         """(rounds already done, state to continue from); a new experiment's initial state is saved."""
+        self.check_identity()
         found = resume_point(self.store, self.exp_id)
         if found is not None:
             log.info("resuming %s from round %d", self.exp_id, found[0])
+            self.start = found[0]
             return found
+        self.start = 0
         state = steps.init_state(self.cfg, spec)
         save_round(self.store, self.exp_id, state, {"eval": None})
         self.store.put_json(config_key(self.exp_id), self.cfg.model_dump(mode="json"))
         return 0, state
+
+    def evaluate_missing(self, test: Any, upto: int) -> dict[int, dict[str, Any]]:
+        """Evaluate, on the stored checkpoints, what rounds up to ``upto`` were not evaluated on.
+
+        For a re-run with other ``eval`` settings (new patterns, a shorter ``eval.every``): the
+        results are merged into each round's ``metrics.json`` and logged once the run is open.
+        Returns {round: {pattern: metrics}}.
+        """
+        patterns = eval_patterns(test.spec.names, self.cfg.eval.patterns)
+        added: dict[int, dict[str, Any]] = {}
+        for r in completed_rounds(self.store, self.exp_id):
+            if not 0 < r <= upto or not steps.should_evaluate(self.cfg, r):
+                continue
+            metrics = load_metrics(self.store, self.exp_id, r)
+            missing = identity.missing_evaluations(metrics.get("eval"), patterns)
+            if not missing:
+                continue
+            state, _ = load_round(self.store, self.exp_id, r)
+            result = steps.evaluate(self.cfg, state, test)
+            added[r] = {p: result[p] for p in missing}
+            self.store.put_json(f"{round_prefix(self.exp_id, r)}/metrics.json",
+                                {**metrics, "eval": {**(metrics.get("eval") or {}), **added[r]}})
+            log.info("round %d: evaluated the stored checkpoint on %s", r, ", ".join(missing))
+        self._late = added
+        return added
 
     # ---- tracker ----------------------------------------------------------------------------
     @property
@@ -72,23 +127,30 @@ class ExperimentSession:
         return self._tracker
 
     def open_run(self) -> str | None:
-        """Open this experiment's run (one per experiment, its id kept in the store; created if absent)."""
+        """Open this experiment's run (one per experiment, its id kept in the store; created if absent).
+
+        The run is reused only while the tracking URI and MLflow experiment are unchanged; every
+        stored round the run lacks is replayed, and so are evaluations added by ``evaluate_missing``.
+        """
         tracker = self.tracker
-        if isinstance(tracker, NullTracker):
+        if not tracker.active:
             return None
         key = tracking_key(self.exp_id)
         previous = self.store.get_json(key) if self.store.exists(key) else {}
         cfg = self.cfg
-        run_id = tracker.start(
-            run_name=f"{cfg.name}/{cfg.method.name}/s{cfg.seed}",
-            params=cfg.model_dump(mode="json"),
+        attached = attach_run(
+            tracker, previous, run_name=f"{cfg.name}/{cfg.method.name}/s{cfg.seed}", params=cfg.model_dump(mode="json"),
             tags={"mmfl.experiment_id": self.exp_id, "mmfl.method": cfg.method.name,
                   "mmfl.train_missing": cfg.missing.label(), "mmfl.engine": self.engine, **self.tags},
-            run_id=previous.get("run_id"),
-        )
-        if run_id and run_id != previous.get("run_id"):
-            self.store.put_json(key, {"run_id": run_id, "tracking_uri": getattr(tracker, "uri", None)})
-        return run_id
+            history=metrics_history(self.store, self.exp_id, upto=self.start), metrics_of=stored_round_metrics)
+        if attached is None:
+            return None
+        for r, evaluation in sorted(self._late.items()):  # logged before these were evaluated
+            tracker.log_metrics({metric_key(k, p): v[k] for p, v in evaluation.items() for k in ("acc", "f1")}, step=r)
+        doc = {**previous, **attached} if attached["run_id"] == previous.get("run_id") else attached
+        if doc != previous:
+            self.store.put_json(key, doc)
+        return attached["run_id"]
 
     # ---- rounds -----------------------------------------------------------------------------
     def after_round(self, state: RoundState, evaluation: dict[str, Any] | None) -> None:
@@ -100,8 +162,8 @@ class ExperimentSession:
         save_round(self.store, self.exp_id, state, {"eval": evaluation, "train_loss": last["train_loss"], "clients": summary,
                                                     **{k: last[k] for k in steps.EFFICIENCY_METRICS if k in last}})
 
-    def history(self) -> list[dict[str, Any]]:
-        return metrics_history(self.store, self.exp_id)
+    def history(self, upto: int | None = None) -> list[dict[str, Any]]:
+        return metrics_history(self.store, self.exp_id, upto=upto)
 
     def final(self) -> dict[str, dict[str, float]] | None:
         """The last round's evaluation once every round is done, else None."""
@@ -118,7 +180,7 @@ class ExperimentSession:
         tracker, cfg = self.tracker, self.cfg
         history = self.history()
         final = history[-1]["eval"] if history and history[-1]["round"] == cfg.train.rounds else None
-        if final is not None and not isinstance(tracker, NullTracker):
+        if final is not None and tracker.active:
             patterns = eval_patterns(spec.names, cfg.eval.patterns)
             tracker.log_table(matrix_records([result_row(cfg, cfg.train.rounds, final)], patterns), "test_matrix.json")
             tracker.log_dict({"experiment_id": self.exp_id, "final": final, "store": repr(self.store),

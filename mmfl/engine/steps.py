@@ -21,7 +21,7 @@ from mmfl.config import ExperimentConfig
 from mmfl.data import FederatedData, build_federated_data
 from mmfl.data.missing import eval_patterns, pattern_presence
 from mmfl.data.dataset import DataSpec, MultimodalDataset
-from mmfl.engine import robust
+from mmfl.engine import faults, robust
 from mmfl.state import ClientUpdate, RoundState
 from mmfl.errors import ConfigError
 from mmfl.engine.resources import device_of, resources_for
@@ -87,8 +87,11 @@ def client_train(
     ``train.engine: auto`` (the default) or ``vectorized`` the clients train together when the
     engine reproduces the method's local training (a failure then fails the batch); otherwise,
     said once in the log, they train one by one exactly as with ``loop``, so a failure stays
-    with its client.
+    with its client. Clients under a ``labels`` fault drill train on flipped labels
+    (``engine/faults.py``).
     """
+    shards = faults.poison_shards(cfg, state.round + 1, shards, list(client_ids))
+    reference = state.model_weights() if cfg.reliability.fault_injection else None
     method, spec = method_of(cfg), spec_of(state)
     if cfg.train.engine in ("auto", "vectorized") and client_ids:
         from mmfl.engine import vectorized
@@ -96,12 +99,13 @@ def client_train(
         trainer = vectorized.trainer_for(method, cfg, state, shards[client_ids[0]])
         if trainer is not None:
             return robust.train_batch(cfg, state.round + 1, client_ids,
-                                      lambda ids: vectorized.train_clients(trainer, cfg, state, shards, ids))
+                                      lambda ids: vectorized.train_clients(trainer, cfg, state, shards, ids),
+                                      reference)
 
     def train_one(cid: int) -> ClientUpdate:
         return method.client_update(state, shards[cid], context(cfg, spec, state.round + 1, cid))
 
-    return robust.train_clients(cfg, state.round + 1, client_ids, train_one)
+    return robust.train_clients(cfg, state.round + 1, client_ids, train_one, reference)
 
 
 def upload_prototypes(
@@ -137,15 +141,17 @@ def efficiency_totals(updates: Sequence[ClientUpdate]) -> dict[str, float]:
 
 def aggregate(
     cfg: ExperimentConfig, state: RoundState, updates: Sequence[ClientUpdate],
-    expected_clients: Sequence[int] | None = None,
+    expected_clients: Sequence[int] | None = None, shard_sizes: Mapping[int, int] | None = None,
 ) -> RoundState:
     """Server aggregation; returns the state after this round (``round`` incremented).
 
     Failed and rejected updates are left out (recorded in the history entry); fewer accepted
     updates than the quorum raise ``robust.RoundFailedError``. ``expected_clients`` are the
-    sampled clients, so that one whose update never arrived counts as failed.
+    sampled clients, so that one whose update never arrived counts as failed; ``shard_sizes``
+    (client -> samples in the shard the server prepared) caps the sample counts clients claim.
+    The method combines the accepted models under ``reliability.aggregation``.
     """
-    updates, clients = robust.screen_round(cfg, state, updates, expected_clients)
+    updates, clients = robust.screen_round(cfg, state, updates, expected_clients, shard_sizes)
     method = method_of(cfg)
     ctx = context(cfg, spec_of(state), state.round + 1, -1, "cpu")
     new = method.aggregate(state, list(updates), ctx)
@@ -157,7 +163,7 @@ def aggregate(
             "train_loss": float(np.average([u.metrics.get("train_loss", float("nan")) for u in updates],
                                            weights=[u.num_samples for u in updates])),
             **efficiency_totals(updates),
-            **{k: clients[k] for k in ("sampled", "failed", "rejected")},
+            **{k: clients[k] for k in ("sampled", "failed", "rejected", "capped") if k in clients},
         }
     ]
     return new

@@ -43,6 +43,8 @@ def json_from_bytes(data: bytes, what: str = "metadata") -> Any:
         raise ArtifactError(f"{what}: not valid JSON ({exc})") from None
     except RecursionError:
         raise ArtifactError(f"{what}: JSON nested too deeply") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise ArtifactError(f"{what}: not usable JSON ({str(exc).split(':')[0][:120]})") from None
     except (AttributeError, TypeError):
         raise ArtifactError(f"{what}: expected bytes, got {type(data).__name__}") from None
 

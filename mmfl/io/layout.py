@@ -2,8 +2,10 @@
 
 Layout under ``<experiment_id>/`` (the local engine and the pipeline tasks share it, so either can
 resume the other's run):
-    config.json, tracking.json                                                the settings; the MLflow run
+    config.json, manifest.json, tracking.json                                 the settings; the MLflow run
+    run.lock (local store) or lease.json (S3)                                 one run at a time (io/lock.py)
     data/spec.json, data/client_00007.safetensors, data/test.safetensors    prepared data (spec last)
+    data/sizes.json                                                           shard sizes (caps claimed counts)
     rounds/00000/state.*                                                      initial state
     rounds/00003/state.*, rounds/00003/metrics.json                            after round 3
     rounds/00003/updates/client_00007/update.*                                 client_train output (KFP)
@@ -31,6 +33,11 @@ def round_prefix(exp_id: str, round_index: int) -> str:
 
 def config_key(exp_id: str) -> str:
     return f"{exp_id}/config.json"
+
+
+def manifest_key(exp_id: str) -> str:
+    """Every setting the experiment's rounds were computed with (``mmfl/engine/identity.py``)."""
+    return f"{exp_id}/manifest.json"
 
 
 def tracking_key(exp_id: str) -> str:
@@ -93,9 +100,24 @@ def load_round(store: ArtifactStore, exp_id: str, round_index: int) -> tuple[Rou
     return store.get_state(round_prefix(exp_id, round_index)), load_metrics(store, exp_id, round_index)
 
 
-def metrics_history(store: ArtifactStore, exp_id: str) -> list[dict[str, Any]]:
-    """Per-round metrics of every completed training round (round 0, the initial state, excluded)."""
-    return [load_metrics(store, exp_id, r) for r in completed_rounds(store, exp_id) if r > 0]
+def metrics_history(store: ArtifactStore, exp_id: str, upto: int | None = None) -> list[dict[str, Any]]:
+    """Per-round metrics of every completed training round (round 0, the initial state, excluded), up to ``upto``."""
+    return [load_metrics(store, exp_id, r) for r in completed_rounds(store, exp_id)
+            if r > 0 and (upto is None or r <= upto)]
+
+
+def first_damaged_round(store: ArtifactStore, exp_id: str) -> int | None:
+    """The earliest completed round whose ``metrics.json`` cannot be read, or None."""
+    for round_index in completed_rounds(store, exp_id):
+        try:
+            metrics = load_metrics(store, exp_id, round_index)
+            if not isinstance(metrics, dict) or metrics.get("round") != round_index:
+                raise ArtifactError(f"metrics.json of round {round_index} holds round "
+                                    f"{metrics.get('round') if isinstance(metrics, dict) else metrics!r}")
+        except ArtifactError as exc:
+            log.warning("round %d is damaged, it and the rounds after it are recomputed: %s", round_index, exc)
+            return round_index
+    return None
 
 
 def resume_point(store: ArtifactStore, exp_id: str) -> tuple[int, RoundState] | None:
@@ -103,9 +125,14 @@ def resume_point(store: ArtifactStore, exp_id: str) -> tuple[int, RoundState] | 
 
     A round counts only once its ``metrics.json`` exists (written last), so a run killed while
     writing round k resumes from k - 1. A complete-looking round that cannot be read (damaged by
-    something outside mmfl) is skipped with a warning and recomputed from the round before.
+    something outside mmfl) is skipped with a warning and recomputed from the round before; a
+    damaged ``metrics.json`` of a middle round is treated the same way (every round after it is
+    recomputed, which gives the same bytes: all randomness derives from seed, round and client).
     """
+    damaged = first_damaged_round(store, exp_id)
     for round_index in reversed(completed_rounds(store, exp_id)):
+        if damaged is not None and round_index >= damaged:
+            continue
         try:
             state, _ = load_round(store, exp_id, round_index)
         except ArtifactError as exc:

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from mmfl.io.tracking import default_tracking_uri
 from mmfl.config import pattern_of_metric
+from mmfl.errors import MmflError
+from mmfl.io.tracking import MLFLOW_HTTP_ENV, default_tracking_uri, safe_uri, unreachable
+from mmfl.redact import redact_uri
 
 
 def latest_runs(uri: str | None, experiment: str, limit: int = 20) -> tuple[list[dict[str, Any]], list[str]]:
     """Newest finished run per (method, training setting, seed), with its final test matrix."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri or default_tracking_uri())
+    target = safe_uri(uri or default_tracking_uri())
+    problem = unreachable(target)
+    if problem is not None:
+        raise MmflError(f"tracking server {redact_uri(target)} unreachable ({problem})")
+    for name, value in MLFLOW_HTTP_ENV.items():
+        os.environ.setdefault(name, value)
+    client = MlflowClient(tracking_uri=target)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return [], []

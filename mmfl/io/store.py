@@ -90,7 +90,13 @@ class LocalStore(ArtifactStore):
 
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=self.root, prefix=".tmp-", suffix=".part")
+            probe.close()
+        except OSError as exc:
+            raise ArtifactError(f"storage.root = {str(root)!r}: cannot write there "
+                                f"({exc.strerror or type(exc).__name__})") from None
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"

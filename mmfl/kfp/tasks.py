@@ -7,7 +7,7 @@ needs mmfl installed.
 Store layout is the one of ``mmfl.io.layout`` so the local engine and the pipeline are
 interchangeable (either can resume the other's run):
 
-    <exp>/data/spec.json, data/client_00007.safetensors, data/test.safetensors
+    <exp>/data/spec.json, data/client_00007.safetensors, data/test.safetensors, data/sizes.json
     <exp>/rounds/00003/state.*, metrics.json                 checkpoint after round 3 (metrics last)
     <exp>/rounds/00003/updates/client_00007/update.*         client_train output
     <exp>/rounds/00003/uploads/client_00007/update.*         upload_prototypes output
@@ -132,8 +132,17 @@ def ensure_data(cfg: ExperimentConfig, store: ArtifactStore) -> DataSpec:
     for cid, shard in enumerate(data.clients):
         store.put_tensors(data_key(exp_id, f"client_{cid:05d}.safetensors"), shard.to_tensors())
     store.put_tensors(data_key(exp_id, "test.safetensors"), data.test.to_tensors())
+    store.put_json(data_key(exp_id, "sizes.json"), {str(cid): len(shard) for cid, shard in enumerate(data.clients)})
     store.put_json(data_key(exp_id, "spec.json"), data.spec.to_json())
     return data.spec
+
+
+def shard_sizes(store: ArtifactStore, exp_id: str, client_ids: list[int]) -> dict[int, int]:
+    """Samples in each client's shard as the server wrote it (``sizes.json``; older stores: the shards)."""
+    if store.exists(data_key(exp_id, "sizes.json")):
+        sizes = store.get_json(data_key(exp_id, "sizes.json"))
+        return {cid: int(sizes[str(cid)]) for cid in client_ids if str(cid) in sizes}
+    return {cid: len(shard) for cid, shard in load_shards(store, exp_id, client_ids).items()}
 
 
 
@@ -171,8 +180,9 @@ def prepare_task(config_json: str, checkpoint_path: str, link_path: str | None =
     experiment's MLflow run to ``link_path`` (shown in the KFP UI)."""
     cfg = load_cfg(config_json)
     store, exp_id = store_of(cfg), cfg.experiment_id()
-    spec = ensure_data(cfg, store)
     session = session_of(cfg, store, tags)
+    session.check_identity()  # other result settings than the stored experiment's: refused before any work
+    spec = ensure_data(cfg, store)
     start, _ = session.begin(spec)
     run_id = session.open_run() if start < cfg.train.rounds else _stored_run_id(store, exp_id)
     if link_path:
@@ -291,7 +301,8 @@ def aggregate_task(config_json: str, start_round: int, offset: int, updates_mani
         order = {c: i for i, c in enumerate(steps.sample_clients(cfg, r))}
         updates.sort(key=lambda u: order.get(u.client_id, len(order) + u.client_id))  # fan-in order is arbitrary
         state, _ = load_round(store, exp_id, r - 1)
-        return steps.aggregate(cfg, state, updates, expected_clients=list(order))
+        return steps.aggregate(cfg, state, updates, expected_clients=list(order),
+                               shard_sizes=shard_sizes(store, exp_id, list(order)))
 
     return _server_step(config_json, start_round, offset, state_path, "aggregate", compute)
 

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.nn import functional as F
 
-from mmfl.aggregation import weighted_mean
+from mmfl.aggregation.robust_mean import robust_average
 from mmfl.config import ExperimentConfig
 from mmfl.data.dataset import DataSpec, MultimodalDataset
 from mmfl.models import MissingStrategy, MultimodalNet
@@ -252,8 +252,12 @@ class Method:
         return None
 
     # ---- server side -------------------------------------------------------------------------
+    def average(self, state: RoundState, models: list, weights: list[float], ctx: Context) -> dict[str, torch.Tensor]:
+        """The server's combination of client models: ``reliability.aggregation`` (default: the weighted mean)."""
+        return robust_average(models, weights, state.model_weights(), ctx.cfg.reliability.aggregation)
+
     def aggregate(self, state: RoundState, updates: list[ClientUpdate], ctx: Context) -> RoundState:
-        weights = weighted_mean([u.model_weights() for u in updates], [u.num_samples for u in updates])
+        weights = self.average(state, [u.model_weights() for u in updates], [u.num_samples for u in updates], ctx)
         return RoundState(state.round + 1, state.with_model(weights), dict(state.meta))
 
     def schedule(self, state: RoundState, ctx: Context, eval_metrics: dict[str, Any] | None = None) -> RoundState:

@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn import functional as F
 
-from mmfl.aggregation import weighted_mean
 from mmfl.config import ExperimentConfig
 from mmfl.data.dataset import DataSpec, MultimodalDataset
 from mmfl.methods.base import NO_RESOURCES, Batch, Context, LocalData, Resources, params_of
@@ -66,7 +65,7 @@ class FedAvgP(FrozenBackboneMethod):
         return self.trained_update(model, len(shard), metrics, ctx)
 
     def aggregate(self, state: RoundState, updates: list[ClientUpdate], ctx: Context) -> RoundState:
-        weights = weighted_mean([u.model_weights() for u in updates], [u.num_samples for u in updates])
+        weights = self.average(state, [u.model_weights() for u in updates], [u.num_samples for u in updates], ctx)
         return self.next_state(state, state.with_model(weights), dict(state.meta), updates)
 
     @torch.no_grad()

@@ -26,7 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn import functional as F
 
-from mmfl.aggregation import weighted_mean
 from mmfl.aggregation.cka import cka_weights
 from mmfl.config import ExperimentConfig
 from mmfl.data.dataset import DataSpec, MultimodalDataset
@@ -225,7 +224,7 @@ class FedMVP(FrozenBackboneMethod):
         weights = [u.model_weights() for u in updates]
         sizes = [u.num_samples for u in updates]
         w = cka_weights(self.representations(weights, ctx), sizes, ctx.params.cka_temperature)
-        new = weighted_mean(weights, w.tolist())
+        new = self.average(state, weights, w.tolist(), ctx)
         meta = dict(state.meta)
         meta["cka_weights"] = list(meta.get("cka_weights", [])) + [
             {"round": state.round + 1, "clients": [u.client_id for u in updates], "weights": [float(x) for x in w],

@@ -30,7 +30,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn import functional as F
 
-from mmfl.aggregation import weighted_mean
 from mmfl.aggregation.nonparametric import MatchingConfig, match_prompts
 from mmfl.config import ExperimentConfig
 from mmfl.data.dataset import DataSpec, MultimodalDataset
@@ -134,7 +133,7 @@ class FedPrime(FrozenBackboneMethod):
         p = ctx.params
         weights = [dict(u.model_weights()) for u in updates]
         shared = [{k: v for k, v in w.items() if k not in QUERY_KEYS and k != INTER} for w in weights]
-        new_model = {**state.model_weights(), **weighted_mean(shared, [u.num_samples for u in updates])}
+        new_model = {**state.model_weights(), **self.average(state, shared, [u.num_samples for u in updates], ctx)}
         retrieved = [w[INTER][u.tensors["aux/inter_used"].bool()] for u, w in zip(updates, weights)]
         res = match_prompts(retrieved, matching_config(p, derive_seed(ctx.cfg.seed, ctx.round, 0x1A7E)))
         new_model[INTER] = res.prompts.to(new_model[INTER].dtype)
