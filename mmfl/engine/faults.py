@@ -99,13 +99,14 @@ def after_training(cfg: ExperimentConfig, round_index: int, update: ClientUpdate
         if fault.mode in ("boost", "noise") and reference is None:
             raise ValueError(f"fault mode {fault.mode!r} needs the global model")
         _fire(fault, round_index, update.client_id)
+        if fault.mode == "samples":  # only the claimed count is false; the tensors stay as trained (and where)
+            update = ClientUpdate(update.client_id, int(fault.factor()), update.tensors, update.metrics, update.meta)
+            continue
         tensors = dict(update.tensors)
         num_samples = update.num_samples
         weights = [k for k, v in tensors.items() if k.startswith("model/") and v.is_floating_point()]
         factor = fault.factor()
-        if fault.mode == "samples":
-            num_samples = int(factor)
-        elif fault.mode == "scale":
+        if fault.mode == "scale":
             for key in weights:
                 tensors[key] = tensors[key] * factor
         elif fault.mode in ("boost", "noise"):

@@ -104,16 +104,19 @@ def call_with_deadline(fn: Callable[[], T], timeout_s: float | None, what: str) 
 
 
 def guarded(cfg: ExperimentConfig, round_index: int, client_id: int, work: Callable[[], ClientUpdate],
-            stage: str = "client_train", reference: Mapping[str, torch.Tensor] | None = None) -> ClientUpdate:
+            stage: str = "client_train", reference: Mapping[str, torch.Tensor] | None = None,
+            pre_faults: bool = True) -> ClientUpdate:
     """Run one client's ``work`` under the timeout; an exception or timeout becomes a failed update.
 
     Injected faults (``reliability.fault_injection``) strike in the ``client_train`` stage only;
-    ``reference`` is the global model the poisoning modes ``boost`` and ``noise`` start from.
+    ``reference`` is the global model the poisoning modes ``boost`` and ``noise`` start from;
+    ``pre_faults`` False when the pre-training faults already struck (a batch retried one by one).
     """
     def attempt() -> ClientUpdate:
         if stage != "client_train":
             return work()
-        faults.before_training(cfg, round_index, client_id)
+        if pre_faults:
+            faults.before_training(cfg, round_index, client_id)
         return faults.after_training(cfg, round_index, work(), reference)
 
     try:
@@ -134,25 +137,38 @@ def train_clients(cfg: ExperimentConfig, round_index: int, client_ids: Sequence[
 
 def train_batch(cfg: ExperimentConfig, round_index: int, client_ids: Sequence[int],
                 train_many: Callable[[list[int]], list[ClientUpdate]],
-                reference: Mapping[str, torch.Tensor] | None = None) -> list[ClientUpdate]:
-    """Clients trained together (vectorised engine): one deadline for the batch, failures per client."""
+                reference: Mapping[str, torch.Tensor] | None = None,
+                train_one: Callable[[int], ClientUpdate] | None = None) -> list[ClientUpdate]:
+    """Clients trained together (vectorised engine): one deadline for the batch, failures per client.
+
+    Pre-training faults strike each client under its own deadline. If the batch fails and
+    ``train_one`` is given, its clients are trained again one by one, each in its own guard, so
+    one failing client fails alone (as with the loop engine).
+    """
     failed: dict[int, ClientUpdate] = {}
+    timeout = cfg.reliability.client_timeout_s
     for cid in client_ids:
         try:
-            faults.before_training(cfg, round_index, cid)
+            call_with_deadline(lambda cid=cid: faults.before_training(cfg, round_index, cid), timeout,
+                               f"round{round_index}-client{cid}")
         except Exception as exc:
             failed[cid] = failed_update(cid, f"client_train: {_describe(exc)}")
     ids = [c for c in client_ids if c not in failed]
     trained: dict[int, ClientUpdate] = {}
     if ids:
         try:
-            updates = call_with_deadline(lambda: train_many(ids), cfg.reliability.client_timeout_s,
-                                         f"round{round_index}-batch")
+            updates = call_with_deadline(lambda: train_many(ids), timeout, f"round{round_index}-batch")
             trained = {u.client_id: faults.after_training(cfg, round_index, u, reference) for u in updates}
         except Exception as exc:
             reason = f"client_train (batch of {len(ids)}): {_describe(exc)}"
-            log.warning("round %d: batch training failed: %s", round_index, reason)
-            trained = {cid: failed_update(cid, reason) for cid in ids}
+            if train_one is not None:
+                log.warning("round %d: batch training failed (%s); training its clients one by one", round_index, reason)
+                trained = {u.client_id: u for u in
+                           [guarded(cfg, round_index, cid, lambda cid=cid: train_one(cid), reference=reference,
+                                    pre_faults=False) for cid in ids]}
+            else:
+                log.warning("round %d: batch training failed: %s", round_index, reason)
+                trained = {cid: failed_update(cid, reason) for cid in ids}
     out = []
     for cid in client_ids:
         out.append(failed.get(cid) or trained.get(cid) or failed_update(cid, "client_train: no update returned"))

@@ -85,7 +85,8 @@ def client_train(
 
     A client that raises or times out yields a failed update (see ``engine/robust.py``). With
     ``train.engine: auto`` (the default) or ``vectorized`` the clients train together when the
-    engine reproduces the method's local training (a failure then fails the batch); otherwise,
+    engine reproduces the method's local training (if the batch fails, its clients are trained again
+    one by one, so a failure stays with its client); otherwise,
     said once in the log, they train one by one exactly as with ``loop``, so a failure stays
     with its client. Clients under a ``labels`` fault drill train on flipped labels
     (``engine/faults.py``).
@@ -93,6 +94,10 @@ def client_train(
     shards = faults.poison_shards(cfg, state.round + 1, shards, list(client_ids))
     reference = state.model_weights() if cfg.reliability.fault_injection else None
     method, spec = method_of(cfg), spec_of(state)
+
+    def train_one(cid: int) -> ClientUpdate:
+        return method.client_update(state, shards[cid], context(cfg, spec, state.round + 1, cid))
+
     if cfg.train.engine in ("auto", "vectorized") and client_ids:
         from mmfl.engine import vectorized
 
@@ -100,10 +105,7 @@ def client_train(
         if trainer is not None:
             return robust.train_batch(cfg, state.round + 1, client_ids,
                                       lambda ids: vectorized.train_clients(trainer, cfg, state, shards, ids),
-                                      reference)
-
-    def train_one(cid: int) -> ClientUpdate:
-        return method.client_update(state, shards[cid], context(cfg, spec, state.round + 1, cid))
+                                      reference, train_one)
 
     return robust.train_clients(cfg, state.round + 1, client_ids, train_one, reference)
 
