@@ -22,6 +22,7 @@ from mmfl.data import FederatedData, build_federated_data
 from mmfl.data.missing import eval_patterns, pattern_presence
 from mmfl.data.dataset import DataSpec, MultimodalDataset
 from mmfl.engine import robust
+from mmfl.engine.costs import round_costs
 from mmfl.state import ClientUpdate, RoundState
 from mmfl.errors import ConfigError
 from mmfl.engine.resources import device_of, resources_for
@@ -145,6 +146,7 @@ def aggregate(
     updates than the quorum raise ``robust.RoundFailedError``. ``expected_clients`` are the
     sampled clients, so that one whose update never arrived counts as failed.
     """
+    received = list(updates)
     updates, clients = robust.screen_round(cfg, state, updates, expected_clients)
     method = method_of(cfg)
     ctx = context(cfg, spec_of(state), state.round + 1, -1, "cpu")
@@ -158,6 +160,7 @@ def aggregate(
                                            weights=[u.num_samples for u in updates])),
             **efficiency_totals(updates),
             **{k: clients[k] for k in ("sampled", "failed", "rejected")},
+            "costs": round_costs(state, received, clients["sampled"]),
         }
     ]
     return new

@@ -123,6 +123,15 @@ class MlflowTracker:
         base = (os.environ.get("MLFLOW_UI_URL") or self.uri).rstrip("/")
         return f"{base}/#/experiments/{self.experiment_id()}/runs/{run_id or self.run_id}"
 
+    def last_logged(self, key: str, step: int) -> float | None:
+        """Unix time at which ``key`` was last logged for ``step`` (step 0: the run's start), or None."""
+        if not self.run_id:
+            return None
+        if step <= 0:
+            return self.client.get_run(self.run_id).info.start_time / 1000.0
+        times = [m.timestamp for m in self.client.get_metric_history(self.run_id, key) if m.step == step]
+        return max(times) / 1000.0 if times else None
+
     def finish(self, status: str = "FINISHED") -> None:
         if self.run_id:
             self.client.set_terminated(self.run_id, status=status)
