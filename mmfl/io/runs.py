@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -105,5 +107,6 @@ def log_comparison(uri: str | None, experiment: str, files: Mapping[str, str], f
         client.log_text(run_id, text, Path(file).name)
     for file, fig in figures.items():
         client.log_figure(run_id, fig, Path(file).name)
-    client.set_terminated(run_id, "FINISHED")
+    with contextlib.redirect_stdout(sys.stderr):  # mlflow prints the run's URL; stdout carries the report
+        client.set_terminated(run_id, "FINISHED")
     return run_id
