@@ -8,12 +8,14 @@ uninterrupted run: all randomness is derived from (seed, round, client).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from mmfl.config import ExperimentConfig
 from mmfl.data import FederatedData
+from mmfl.data.limits import check_partition_limits
 from mmfl.data.missing import eval_patterns
 from mmfl.engine import steps
 from mmfl.engine.robust import RoundFailedError, record_round_clients
@@ -21,6 +23,8 @@ from mmfl.engine.session import ExperimentSession
 from mmfl.io import ArtifactStore, store_of
 from mmfl.methods import resolve
 from mmfl.results import result_row
+
+log = logging.getLogger(__name__)
 
 # Called after each round with (round, state, evaluation or None); also once before the first
 # round with (rounds already done, state, None).
@@ -56,6 +60,8 @@ def run_experiment(
     ``data`` is the prepared data when the caller has it (a pipeline task reads the shards from the
     store); ``tags`` are added to the experiment's run (e.g. the KFP run that trains these rounds)."""
     resolve(cfg)
+    for warning in check_partition_limits(cfg):  # errors before any data is read or a run opened
+        log.warning(warning)
     session = ExperimentSession(cfg, store or store_of(cfg.storage), tracker, engine=engine, tags=tags)
     steps.apply_execution_settings(cfg)
     data = data if data is not None else steps.prepare_data(cfg)
