@@ -31,7 +31,7 @@ def test_run_methods_then_report_reads_the_sqlite_store(tmp_path):
 
     report = _mmfl(["report", "--experiment", "cli-test", "--baseline", "fedavg", "--no-mlflow"], tmp_path)
     assert report.returncode == 0, report.stderr
-    assert "fedavg" in report.stdout and "zerofill" in report.stdout and "Δ full vs fedavg" in report.stdout
+    assert "fedavg" in report.stdout and "zerofill" in report.stdout and "baseline" in report.stdout
     assert "settings that differ between the rows: method.name" in report.stdout
     # the drawn test patterns come back from MLflow under their own names (stored as acc/train_dist, acc/mixed_0.5)
     md = _mmfl(["report", "--experiment", "cli-test", "--format", "markdown", "--no-mlflow"], tmp_path)
