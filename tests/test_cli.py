@@ -36,7 +36,7 @@ def test_run_methods_then_report_reads_the_sqlite_store(tmp_path):
     # the drawn test patterns come back from MLflow under their own names (stored as acc/train_dist, acc/mixed_0.5)
     md = _mmfl(["report", "--experiment", "cli-test", "--format", "markdown", "--no-mlflow"], tmp_path)
     header = next(line for line in md.stdout.splitlines() if line.startswith("| method"))
-    assert [c for c in header.split(" | ") if c.startswith("acc ")] == [
+    assert [c.strip() for c in header.strip("|").split("|") if c.strip().startswith("acc ")] == [
         "acc full (%)", "acc ~train (%)", "acc mixed@0.5 (%)", "acc only:a (%)"]
 
 
