@@ -114,8 +114,8 @@ def test_method_overrides_are_printed_at_the_start_of_its_run(tmp_path):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("experiment tiny-threefm-"))
-    assert lines[start + 1].strip() == ("threefm overrides train.local_epochs=5, train.optimizer=Adam(lr=0.001): "
-                                        "local budget 5 epochs x batch 16, Adam(lr=0.001)")
+    assert lines[start + 1].strip() == ("threefm overrides train.batch_size=full, train.optimizer=Adam(lr=0.001): "
+                                        "local budget 1 epochs x batch full, Adam(lr=0.001)")
     assert not any("overrides" in line for line in lines[:start])  # fedavg trains with the shared settings
 
 

@@ -118,5 +118,5 @@ def test_real_runs_record_costs_budgets_and_overrides(tmp_path, mlflow_uri):
     assert run.data.metrics["cost/local_steps"] > 0 and run.data.metrics["cost/peak_rss_mb"] > 50
     assert run.data.params["budget.local_epochs"] == "1" and run.data.params["override"] == "{}"
     run = client.get_run(run_experiment(threefm).run_id)
-    assert run.data.params["override.train.local_epochs"] == "5"
+    assert run.data.params["override.train.batch_size"] == "full"  # 3FM: one meta-step on the whole shard
     assert run.data.params["override.train.optimizer"] == "Adam(lr=0.001)"
