@@ -82,6 +82,11 @@ submit: install
 schedule: install
 	$(PY) -m mmfl schedule $(CONFIG) --host $(KFP_HOST) --image $(GPU_IMAGE) --cron "$(CRON)" $(GRID)
 
+## bench-configs: each config in configs/ trains its baselines above the accuracy it states
+.PHONY: bench-configs
+bench-configs: install
+	HF_HUB_OFFLINE=1 PYTHONPATH=. $(PY) bench/configs.py
+
 ## bench-fedprime: FED-PRIME vs FedAvg-P, official defaults scaled down (mfeat + MiniLM text, random ViLT)
 .PHONY: bench-fedprime
 bench-fedprime: install

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from importlib.metadata import entry_points
 
@@ -28,20 +29,56 @@ def _configs(args: argparse.Namespace):
     cells = []
     for path in args.config:
         cells += grid_configs(read_config_file(path), args.method, None, args.seed, overrides, source=str(path))
+    from mmfl.data.limits import check_partition_limits
+
+    warned = set()
     for cfg in cells:
         resolve(cfg)
+        for warning in check_partition_limits(cfg):  # before any data is read or a tracker starts
+            if warning not in warned:
+                warned.add(warning)
+                console.print(f"[yellow]warning:[/yellow] {warning}")
     return cells
+
+
+def silence_progress() -> None:
+    """No progress bars at all: ours (rich, switched off by the caller) and third-party tqdm bars
+    (transformers' "Loading weights", huggingface_hub downloads, any tqdm), also in child processes."""
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:  # already imported: its switch was read at import
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+
+
+def print_overrides(cfg) -> None:
+    """Say which shared training settings the method replaces with its own (also logged as params)."""
+    from mmfl.methods import training_budget
+
+    budget, overrides = training_budget(cfg)
+    if overrides:
+        console.print(f"  {cfg.method.name} overrides " + ", ".join(f"{k}={v}" for k, v in overrides.items())
+                      + f": local budget {budget['local_epochs']} epochs x batch {budget['batch_size']}, "
+                      f"{budget['optimizer']}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from mmfl.local import run_experiment
     from mmfl.results import matrix_table
 
+    if args.no_progress:
+        silence_progress()
     rows, patterns, runs = [], [], []
     configs = _configs(args)
     for cfg in configs:
         console.print(f"[bold]experiment[/bold] {cfg.experiment_id()}  ({cfg.data.name}, {cfg.partition.num_clients} clients, "
                       f"train missing {cfg.missing.label()})")
+        print_overrides(cfg)
         result = run_experiment(cfg, progress=not args.no_progress, new_experiment=args.new_experiment)
         if result.resumed_from:
             console.print(f"  resumed from round {result.resumed_from}")
@@ -88,14 +125,60 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from mmfl.results import matrix_table
-    from mmfl.io.runs import latest_runs
+    """Runs grouped by their result-changing settings: mean ± std over seeds, paired differences, costs."""
+    from pathlib import Path
 
-    rows, patterns = latest_runs(args.tracking_uri, args.experiment, args.limit)
-    if not rows:
+    from rich.table import Table
+
+    from mmfl.comparison import compare, figure_name, plot_pattern, to_csv, to_html, to_markdown
+    from mmfl.io.runs import experiment_runs, log_comparison
+
+    runs, left_out = experiment_runs(args.tracking_uri, args.experiment)
+    if not runs:
         console.print(f"no finished runs in MLflow experiment {args.experiment!r}")
         return 0
-    console.print(matrix_table(rows, patterns, title=f"Latest runs in {args.experiment!r} (accuracy / macro-F1, %)"))
+    comp = compare(runs, baseline=args.baseline, where=args.where or [], costs=args.costs, metric=args.metric,
+                   limit=args.limit, left_out=left_out)
+    if args.format == "markdown":
+        print(to_markdown(comp), end="")
+    elif args.format == "csv":
+        print(to_csv(comp), end="")
+    elif args.format == "html":
+        print(to_html(comp, f"mmfl report: {args.experiment}"), end="")
+    else:
+        table = Table(title=f"{args.experiment}: {len(comp.groups)} groups of runs, {sum(len(g.runs) for g in comp.groups)} runs")
+        for col in comp.header():
+            table.add_column(col, justify="left" if col in ("method", "settings") else "right")
+        for row in comp.cells():
+            table.add_row(*row)
+        console.print(table)
+        if comp.varying:
+            console.print("settings that differ between the rows: " + ", ".join(comp.varying))
+        for note in comp.notes:
+            console.print(f"note: {note}")
+    figures = {figure_name(p): plot_pattern(comp, p) for p in comp.patterns}
+    files = {"report.md": to_markdown(comp), "report.csv": to_csv(comp),
+             "report.html": to_html(comp, f"mmfl report: {args.experiment}", list(figures))}
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (out / name).write_text(text)
+        for name, fig in figures.items():
+            fig.savefig(out / name)
+        print(f"report written to {out}/ ({', '.join([*files, *figures])})", file=sys.stderr)
+    if not args.no_mlflow:
+        records = comp.records()
+        table_cols = {k: [r.get(k) for r in records] for k in dict.fromkeys(k for r in records for k in r)}
+        run_id = log_comparison(args.tracking_uri, args.experiment, files, figures, table_cols,
+                                {"baseline": args.baseline or "", "where": " ".join(args.where or []),
+                                 "metric": args.metric, "groups": str(len(comp.groups)),
+                                 "varying": ", ".join(comp.varying)})
+        print(f"comparison logged to MLflow run {run_id}", file=sys.stderr)
+    import matplotlib.pyplot as plt
+
+    for fig in figures.values():
+        plt.close(fig)
     return 0
 
 
@@ -125,10 +208,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--round", type=int, default=None, help="checkpoint round (default: the latest complete one)")
     ev.set_defaults(func=cmd_eval)
 
-    rep = sub.add_parser("report", allow_abbrev=False, help="print the test matrix of the latest MLflow runs")
+    rep = sub.add_parser("report", allow_abbrev=False,
+                         help="compare finished runs: groups of equal settings, mean ± std over seeds, paired differences")
     rep.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db")
     rep.add_argument("--experiment", default="mmfl")
-    rep.add_argument("--limit", type=int, default=20)
+    rep.add_argument("--baseline", metavar="METHOD", help="paired differences (by seed) against this method")
+    rep.add_argument("--where", action="append", metavar="KEY=VALUE",
+                     help="only runs with this setting, e.g. partition.alpha=0.5 or method=fedavg (repeatable)")
+    rep.add_argument("--costs", action="store_true",
+                     help="cost columns: wall time, client updates/s, bytes per round, encoder work, peak memory")
+    rep.add_argument("--metric", choices=["acc", "f1"], default="acc")
+    rep.add_argument("--format", choices=["table", "markdown", "csv", "html"], default="table", help="stdout format")
+    rep.add_argument("--out", metavar="DIR", help="also write report.md/.csv/.html and one plot per test pattern here")
+    rep.add_argument("--limit", type=int, default=None, help="show at most N groups (the rest are counted as left out)")
+    rep.add_argument("--no-mlflow", action="store_true", help="do not log the comparison as an MLflow run")
     rep.set_defaults(func=cmd_report)
 
     for plugin in entry_points(group="mmfl.commands"):  # compile, submit, schedule (pipelines/commands.py)

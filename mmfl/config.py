@@ -400,6 +400,18 @@ class ReliabilityConfig(_Strict):
     fault_injection: list[FaultSpec] = Field(default_factory=list)
 
 
+# What does not change the computed result: left out of the experiment id and of report grouping.
+NON_RESULT_SECTIONS = ("storage", "tracking", "eval", "reliability", "methods")
+EXECUTION_SETTINGS = ("train.device", "train.vector_chunk", "train.compile", "train.threads")
+
+
+def is_result_setting(dotted: str) -> bool:
+    """Whether the dotted config key (e.g. ``train.lr``) changes what an experiment computes."""
+    section = dotted.split(".", 1)[0]
+    return section not in NON_RESULT_SECTIONS and not any(
+        dotted == key or dotted.startswith(key + ".") for key in EXECUTION_SETTINGS)
+
+
 class ExperimentConfig(_Strict):
     name: str = Field("experiment", min_length=1, max_length=80, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = Field(0, ge=0, lt=SEED_LIMIT)
@@ -413,6 +425,24 @@ class ExperimentConfig(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     reliability: ReliabilityConfig = Field(default_factory=ReliabilityConfig)
+    methods: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per-method params, e.g. {fedprox: {mu: 0.1}, threefm: {local_epochs: 2}}: the method that runs "
+                    "takes its entry as the base of method.params (method.params wins), so a multi-method "
+                    "command gives each method its own settings",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _per_method_params(cls, data: Any) -> Any:
+        """method.params = methods[method.name] updated by method.params (the explicit setting wins)."""
+        if not isinstance(data, dict) or not isinstance(data.get("methods"), dict):
+            return data
+        method = data.get("method") if isinstance(data.get("method"), dict) else {}
+        own = data["methods"].get(method.get("name", "fedavg"))
+        if isinstance(own, dict) and isinstance(method.get("params", {}), dict):
+            data = {**data, "method": {**method, "params": {**own, **method.get("params", {})}}}
+        return data
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "ExperimentConfig":
@@ -447,10 +477,10 @@ class ExperimentConfig(_Strict):
         """
         if self.method.resolution is None:
             raise RuntimeError("experiment_id() before mmfl.methods.resolve(cfg): method params are not validated yet")
-        payload = self.model_dump(exclude={"storage", "tracking", "eval", "reliability"})
-        payload["train"].pop("device", None)
-        for key in ("vector_chunk", "compile", "threads"):  # execution settings; results are the same
-            payload["train"].pop(key, None)
+        payload = self.model_dump(exclude=set(NON_RESULT_SECTIONS))
+        for key in EXECUTION_SETTINGS:  # execution settings; results are the same
+            section, field = key.split(".")
+            payload[section].pop(field, None)
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"{self.name}-{self.method.name}-{digest}"
 
@@ -612,8 +642,8 @@ def grid_configs(
 ) -> list[ExperimentConfig]:
     """A raw config varied over every (method, training missing rate, seed), each cell validated.
 
-    A method other than the config's own starts from its default params; ``overrides`` apply
-    after the method (so ``--method fedprox --set method.params.mu=0.1`` sets FedProx's mu),
+    A method other than the config's own starts from its entry in ``methods`` (per-method params),
+    else from its default params; ``overrides`` apply after the method (so ``--method fedprox --set method.params.mu=0.1`` sets FedProx's mu),
     then the rate and the seed. Empty or None axes keep the config's value.
     """
     cells = []

@@ -8,12 +8,14 @@ uninterrupted run: all randomness is derived from (seed, round, client).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from mmfl.config import ExperimentConfig
 from mmfl.data import FederatedData
+from mmfl.data.limits import check_partition_limits
 from mmfl.data.missing import eval_patterns
 from mmfl.engine import identity, steps
 from mmfl.engine.robust import RoundFailedError, record_round_clients
@@ -22,6 +24,8 @@ from mmfl.io import ArtifactStore, store_of
 from mmfl.io.lock import experiment_lock
 from mmfl.methods import resolve
 from mmfl.results import result_row
+
+log = logging.getLogger(__name__)
 
 # Called after each round with (round, state, evaluation or None); also once before the first
 # round with (rounds already done, state, None).
@@ -62,6 +66,8 @@ def run_experiment(
     the same experiment stops this one (``ExperimentBusy``).
     """
     resolve(cfg)
+    for warning in check_partition_limits(cfg):  # errors before any data is read or a run opened
+        log.warning(warning)
     if new_experiment:
         cfg = identity.new_experiment(cfg)
     store = store or store_of(cfg.storage)

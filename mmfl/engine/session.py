@@ -18,17 +18,20 @@ Because the run id lives in the store, a run started by one driver is continued 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from mmfl.config import ExperimentConfig
 from mmfl.data.dataset import DataSpec
 from mmfl.data.missing import eval_patterns
 from mmfl.engine import identity, steps
+from mmfl.engine.costs import cost_metrics, peak_memory
 from mmfl.engine.robust import clients_summary, record_round_clients, round_client_metrics
 from mmfl.io import ArtifactStore
 from mmfl.io.layout import (completed_rounds, config_key, load_metrics, load_round, manifest_key, metrics_history,
                             resume_point, round_prefix, save_round, tracking_key)
 from mmfl.io.tracking import SafeTracker, attach_run, open_tracker
+from mmfl.methods import training_budget
 from mmfl.results import matrix_records, metric_key, plot_history, result_row
 from mmfl.state import RoundState
 
@@ -64,6 +67,12 @@ class ExperimentSession:
         self._tracker = tracker if tracker is None or isinstance(tracker, SafeTracker) else SafeTracker(tracker)
         self.start: int | None = None  # rounds done when the run began (None: not begun here, e.g. a pipeline task)
         self._late: dict[int, dict[str, Any]] = {}
+        self._mark: float | None = None  # wall clock of this process's last round boundary
+
+    def budget_params(self) -> dict[str, Any]:
+        """The method's local budget and the shared settings it overrides, as run params."""
+        budget, overrides = training_budget(self.cfg)
+        return {"budget": budget, "override": overrides}
 
     # ---- identity ---------------------------------------------------------------------------
     def check_identity(self) -> None:
@@ -86,11 +95,13 @@ class ExperimentSession:
         if found is not None:
             log.info("resuming %s from round %d", self.exp_id, found[0])
             self.start = found[0]
+            self._mark = time.time()
             return found
         self.start = 0
         state = steps.init_state(self.cfg, spec)
         save_round(self.store, self.exp_id, state, {"eval": None})
         self.store.put_json(config_key(self.exp_id), self.cfg.model_dump(mode="json"))
+        self._mark = time.time()
         return 0, state
 
     def evaluate_missing(self, test: Any, upto: int) -> dict[int, dict[str, Any]]:
@@ -139,7 +150,8 @@ class ExperimentSession:
         previous = self.store.get_json(key) if self.store.exists(key) else {}
         cfg = self.cfg
         attached = attach_run(
-            tracker, previous, run_name=f"{cfg.name}/{cfg.method.name}/s{cfg.seed}", params=cfg.model_dump(mode="json"),
+            tracker, previous, run_name=f"{cfg.name}/{cfg.method.name}/s{cfg.seed}",
+            params={**cfg.model_dump(mode="json"), **self.budget_params()},
             tags={"mmfl.experiment_id": self.exp_id, "mmfl.method": cfg.method.name,
                   "mmfl.train_missing": cfg.missing.label(), "mmfl.engine": self.engine, **self.tags},
             history=metrics_history(self.store, self.exp_id, upto=self.start), metrics_of=stored_round_metrics)
@@ -157,13 +169,28 @@ class ExperimentSession:
         """Log the round, then commit its checkpoint (a retried task logs again, never loses a round)."""
         last = state.meta["history"][-1]
         summary = clients_summary(state)
-        self.tracker.log_metrics(round_metrics(last, evaluation), step=state.round)
+        self.tracker.log_metrics({**round_metrics(last, evaluation), **self.round_cost_metrics(last)}, step=state.round)
         record_round_clients(self.tracker, state.round, summary)
         save_round(self.store, self.exp_id, state, {"eval": evaluation, "train_loss": last["train_loss"], "clients": summary,
                                                     **{k: last[k] for k in steps.EFFICIENCY_METRICS if k in last}})
 
     def history(self, upto: int | None = None) -> list[dict[str, Any]]:
         return metrics_history(self.store, self.exp_id, upto=upto)
+
+    def round_cost_metrics(self, entry: dict[str, Any]) -> dict[str, float]:
+        """The round's recorded costs, its wall time and the process's peak memory (``cost/*``)."""
+        now = time.time()
+        since = self._mark if self._mark is not None else self.tracker_time_of_previous_round(entry["round"])
+        self._mark = now
+        extra = dict(peak_memory())
+        if since is not None:
+            extra["round_wall_s"] = max(now - since, 0.0)
+        return cost_metrics({**entry.get("costs", {}), **extra})
+
+    def tracker_time_of_previous_round(self, round_index: int) -> float | None:
+        """When the previous round was logged (a pipeline task's session starts mid-experiment)."""
+        last = getattr(self.tracker, "last_logged", None)
+        return last("train_loss", round_index - 1) if last is not None else None
 
     def final(self) -> dict[str, dict[str, float]] | None:
         """The last round's evaluation once every round is done, else None."""

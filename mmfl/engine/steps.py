@@ -22,6 +22,7 @@ from mmfl.data import FederatedData, build_federated_data
 from mmfl.data.missing import eval_patterns, pattern_presence
 from mmfl.data.dataset import DataSpec, MultimodalDataset
 from mmfl.engine import faults, robust
+from mmfl.engine.costs import round_costs
 from mmfl.state import ClientUpdate, RoundState
 from mmfl.errors import ConfigError
 from mmfl.engine.resources import device_of, resources_for
@@ -153,6 +154,7 @@ def aggregate(
     (client -> samples in the shard the server prepared) caps the sample counts clients claim.
     The method combines the accepted models under ``reliability.aggregation``.
     """
+    received = list(updates)
     updates, clients = robust.screen_round(cfg, state, updates, expected_clients, shard_sizes)
     method = method_of(cfg)
     ctx = context(cfg, spec_of(state), state.round + 1, -1, "cpu")
@@ -166,6 +168,7 @@ def aggregate(
                                            weights=[u.num_samples for u in updates])),
             **efficiency_totals(updates),
             **{k: clients[k] for k in ("sampled", "failed", "rejected", "capped") if k in clients},
+            "costs": round_costs(state, received, clients["sampled"]),
         }
     ]
     return new

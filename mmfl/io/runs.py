@@ -1,18 +1,27 @@
-"""Read finished runs back from MLflow for ``mmfl report``."""
+"""Read experiment runs back from MLflow for ``mmfl report``, and log a comparison as its own run."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from mmfl.config import pattern_of_metric
+from mmfl.comparison import Run
+from mmfl.config import ExperimentConfig, is_result_setting, pattern_of_metric
 from mmfl.errors import MmflError
 from mmfl.io.tracking import MLFLOW_HTTP_ENV, default_tracking_uri, safe_uri, unreachable
 from mmfl.redact import redact_uri
 
+EXPERIMENT_TAG = "mmfl.experiment_id"  # set on every experiment's run (engine/session.py)
+KIND_TAG = "mmfl.kind"
+COMPARISON_KIND = "comparison"
+_SECTIONS = set(ExperimentConfig.model_fields)
 
-def latest_runs(uri: str | None, experiment: str, limit: int = 20) -> tuple[list[dict[str, Any]], list[str]]:
-    """Newest finished run per (method, training setting, seed), with its final test matrix."""
+
+def _client(uri: str | None):
     from mlflow.tracking import MlflowClient
 
     target = safe_uri(uri or default_tracking_uri())
@@ -21,36 +30,92 @@ def latest_runs(uri: str | None, experiment: str, limit: int = 20) -> tuple[list
         raise MmflError(f"tracking server {redact_uri(target)} unreachable ({problem})")
     for name, value in MLFLOW_HTTP_ENV.items():
         os.environ.setdefault(name, value)
-    client = MlflowClient(tracking_uri=target)
+    return MlflowClient(tracking_uri=target)
+
+
+def result_settings(params: Mapping[str, str]) -> dict[str, str]:
+    """The logged config params that change results (the experiment id's), without seed and name."""
+    return {k: v for k, v in params.items()
+            if k.split(".", 1)[0] in _SECTIONS and k not in ("seed", "name") and is_result_setting(k)}
+
+
+def _by_step(history) -> dict[int, float]:
+    """Last value per step (a retried task may log a round twice)."""
+    out: dict[int, tuple[int, float]] = {}
+    for m in history:
+        if m.step not in out or m.timestamp >= out[m.step][0]:
+            out[m.step] = (m.timestamp, m.value)
+    return {s: v for s, (_, v) in sorted(out.items())}
+
+
+def _run_record(client, run) -> Run:
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    results: dict[str, dict[str, float]] = {}
+    curves: dict[str, list[tuple[int, float]]] = {}
+    costs: dict[str, float] = {}
+    for name, value in metrics.items():
+        kind, _, rest = name.partition("/")
+        if kind in ("acc", "f1") and rest:
+            pattern = pattern_of_metric(rest)
+            results.setdefault(pattern, {})[kind] = value
+            if kind == "acc":
+                curves[pattern] = list(_by_step(client.get_metric_history(run.info.run_id, name)).items())
+        elif kind == "cost" and rest:
+            steps = _by_step(client.get_metric_history(run.info.run_id, name))
+            costs[rest] = max(steps.values()) if rest.startswith("peak_") else sum(steps.values())
+    try:
+        seed = int(params.get("seed", "0"))
+    except ValueError:
+        seed = 0
+    return Run(
+        run_id=run.info.run_id, method=tags.get("mmfl.method") or params.get("method.name", "?"), seed=seed,
+        settings=result_settings(params), results={p: r for p, r in results.items() if "acc" in r},
+        curves=curves, costs=costs, rounds=int(params.get("train.rounds", "0") or 0),
+        budget={k[len("budget."):]: v for k, v in params.items() if k.startswith("budget.")},
+        overrides={k[len("override."):]: v for k, v in params.items() if k.startswith("override.") and v != "{}"},
+        experiment_id=tags.get(EXPERIMENT_TAG, ""), start_time=int(run.info.start_time or 0),
+    )
+
+
+def experiment_runs(uri: str | None, experiment: str) -> tuple[list[Run], dict[str, int]]:
+    """Every finished experiment run of ``experiment`` (all pages), and counts of those left out by kind."""
+    client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        return [], []
-    runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"], max_results=500)
-    rows, seen, patterns = [], set(), []
-    for run in runs:
-        tags, params = run.data.tags, run.data.params
-        key = (tags.get("mmfl.method"), tags.get("mmfl.train_missing"), params.get("seed"), params.get("data.name"))
-        if key in seen:
-            continue
-        seen.add(key)
-        results: dict[str, dict[str, float]] = {}
-        for name, value in run.data.metrics.items():
-            kind, _, suffix = name.partition("/")
-            pattern = pattern_of_metric(suffix)
-            if kind in ("acc", "f1") and pattern:
-                results.setdefault(pattern, {})[kind] = value
-                if pattern not in patterns:
-                    patterns.append(pattern)
-        rows.append({"method": key[0], "train": key[1], "seed": key[2], "round": params.get("train.rounds"),
-                     "results": {p: r for p, r in results.items() if "acc" in r and "f1" in r}})
-        if len(rows) >= limit:
+        return [], {}
+    runs, unfinished, token = [], 0, None
+    while True:
+        page = client.search_runs([exp.experiment_id], filter_string=f"tags.`{EXPERIMENT_TAG}` != ''",
+                                  order_by=["attributes.start_time DESC"], max_results=1000, page_token=token)
+        for run in page:
+            if run.info.status != "FINISHED":
+                unfinished += 1
+            elif run.data.metrics:
+                runs.append(_run_record(client, run))
+        token = page.token
+        if not token:
             break
-    patterns.sort(key=_column_order)
-    return rows, patterns
+    return runs, {"unfinished or failed runs": unfinished}
 
 
-def _column_order(pattern: str) -> tuple[int, str]:
-    """full, then ~train, then the drawn patterns, then only:<m>."""
-    rank = 0 if pattern == "full" else 1 if pattern == "~train" else 3 if pattern.startswith("only:") else 2
-    return rank, pattern
+def log_comparison(uri: str | None, experiment: str, files: Mapping[str, str], figures: Mapping[str, Any],
+                   table: Mapping[str, list], params: Mapping[str, str], name: str = "comparison") -> str:
+    """One MLflow run holding a comparison: the table (also as an MLflow table), its files and plots."""
+    from mlflow.entities import Param
+
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    run = client.create_run(exp_id, run_name=name, tags={KIND_TAG: COMPARISON_KIND})
+    run_id = run.info.run_id
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+    client.log_table(run_id, data=dict(table), artifact_file="comparison.json")
+    for file, text in files.items():
+        client.log_text(run_id, text, Path(file).name)
+    for file, fig in figures.items():
+        client.log_figure(run_id, fig, Path(file).name)
+    with contextlib.redirect_stdout(sys.stderr):  # mlflow prints the run's URL; stdout carries the report
+        client.set_terminated(run_id, "FINISHED")
+    return run_id

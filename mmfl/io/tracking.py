@@ -185,6 +185,15 @@ class MlflowTracker:
         base = (os.environ.get("MLFLOW_UI_URL") or self.uri).rstrip("/")
         return f"{base}/#/experiments/{self.experiment_id()}/runs/{run_id or self.run_id}"
 
+    def last_logged(self, key: str, step: int) -> float | None:
+        """Unix time at which ``key`` was last logged for ``step`` (step 0: the run's start), or None."""
+        if not self.run_id:
+            return None
+        if step <= 0:
+            return self.client.get_run(self.run_id).info.start_time / 1000.0
+        times = [m.timestamp for m in self.client.get_metric_history(self.run_id, key) if m.step == step]
+        return max(times) / 1000.0 if times else None
+
     def finish(self, status: str = "FINISHED") -> None:
         if self.run_id:
             self.client.set_terminated(self.run_id, status=status)
@@ -272,6 +281,12 @@ class SafeTracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         self._call("finish", status)
+
+    def last_logged(self, key: str, step: int) -> float | None:
+        """When ``key`` was last logged for ``step`` (None when unknown or the tracker cannot say)."""
+        if not hasattr(self.inner, "last_logged"):
+            return None
+        return self._call("last_logged", key, step, default=None)
 
     def logged_steps(self) -> set[int] | None:
         """Rounds the run already holds (None when unknown: then nothing is replayed)."""

@@ -139,6 +139,27 @@ def iterate_batches(n: int, batch_size: int, generator: torch.Generator) -> Iter
 LossResult = torch.Tensor | tuple[torch.Tensor, Mapping[str, float]]
 
 
+_PROBE_N = 1_000_003  # a shard size no real batch size equals: a method whose batch is its shard returns it
+
+
+def _batch_label(size: int) -> int | str:
+    return "full" if size == _PROBE_N else size
+
+
+def _describe_optimizer(build: Any) -> str:
+    """``SGD(lr=0.02, momentum=0.9)``: the optimiser type and its non-zero step settings."""
+    try:
+        opt = build()
+    except Exception as exc:  # a method whose optimiser needs its real model: say so, do not guess
+        return f"custom ({type(exc).__name__})"
+    group = opt.param_groups[0]
+    parts = [f"lr={group['lr']:g}"]
+    for key in ("momentum", "weight_decay"):
+        if group.get(key):
+            parts.append(f"{key}={group[key]:g}")
+    return f"{type(opt).__name__}({', '.join(parts)})"
+
+
 class Method:
     """Defaults implement FedAvg with the explicit missing-modality path of ``MultimodalNet``.
 
@@ -186,6 +207,26 @@ class Method:
     def local_batch_size(self, ctx: Context, num_samples: int) -> int:
         """Mini-batch size of the local loop (3FM's full-batch option returns ``num_samples``)."""
         return ctx.cfg.train.batch_size
+
+    def budget(self, ctx: Context) -> dict[str, Any]:
+        """The local training budget one client of this method gets in a round: epochs, batch size, optimiser.
+
+        Read from ``local_epochs`` and ``make_optimizer`` themselves (the optimiser is built over a
+        one-weight probe model), so a method that overrides them reports it without extra code.
+        """
+        return {"local_epochs": self.local_epochs(ctx), "batch_size": _batch_label(self.local_batch_size(ctx, _PROBE_N)),
+                "optimizer": _describe_optimizer(lambda: self.make_optimizer(nn.Linear(1, 1), ctx))}
+
+    def overrides(self, ctx: Context) -> dict[str, Any]:
+        """Shared training settings this method replaces with its own: ``{"train.<field>": value}``.
+
+        Printed at the start of its run, logged as MLflow params ``override.*``, and the reason a
+        report flags comparisons whose methods train with unequal local budgets.
+        """
+        shared = {"local_epochs": Method.local_epochs(self, ctx),
+                  "batch_size": _batch_label(Method.local_batch_size(self, ctx, _PROBE_N)),
+                  "optimizer": _describe_optimizer(lambda: Method.make_optimizer(self, nn.Linear(1, 1), ctx))}
+        return {f"train.{k}": v for k, v in self.budget(ctx).items() if shared.get(k) != v}
 
     def batch_loss(self, model: nn.Module, batch: Batch, state: RoundState, ctx: Context) -> LossResult:
         """The task loss of one batch; may return ``(loss, {name: scalar})`` to average per step."""

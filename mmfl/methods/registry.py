@@ -64,6 +64,9 @@ def resolve(cfg: ExperimentConfig) -> Resolved:
     found = cfg.method.resolution
     if isinstance(found, Resolved) and found.method.name == cfg.method.name:
         return found
+    for name in cfg.methods:
+        if name not in METHODS:
+            raise ConfigError(f"methods.{name}: unknown method {name!r}; known: {', '.join(method_names())}")
     method = get_method(cfg.method.name)
     try:
         params = method.Params.model_validate(cfg.method.params)
@@ -73,6 +76,15 @@ def resolve(cfg: ExperimentConfig) -> Resolved:
     resolved = Resolved(method, params)
     cfg.method.complete(params.model_dump(), resolved)
     return resolved
+
+
+def training_budget(cfg: ExperimentConfig) -> tuple[dict, dict]:
+    """(the local budget of the experiment's method, the shared settings it overrides)."""
+    from mmfl.methods.base import Context
+
+    method = resolve(cfg).method
+    ctx = Context(cfg, None, 0)  # type: ignore[arg-type]  # budgets read the config and params only
+    return method.budget(ctx), method.overrides(ctx)
 
 
 def load_experiment(path, overrides: list[str] | None = None) -> ExperimentConfig:
