@@ -1,6 +1,6 @@
 """Credentials in URIs: find them, and remove them from anything that is written or printed.
 
-A URI can carry a secret in two places: its userinfo (``http://user:password@host``) and its
+A URI can carry a secret in two places: its userinfo (a user name and password before ``@host``) and its
 query string (``?token=...``, ``?password=...``). ``redact_uri`` replaces both with ``***``;
 ``uri_secrets`` names what it found, so that a config holding one can be refused with a clear
 message that does not repeat the secret.

@@ -87,7 +87,7 @@ def test_config_files_are_capped_in_size(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("sets, expected", [
-    (["data.test_fraction=0.999"], "data.test_fraction = 0.999: no stratified split of 240 samples of 4 classes"),
+    (["data.test_fraction=0.999"], "data.test_fraction = 0.999: leaves 0 of 240 samples of synthetic for training"),
     (["storage.root=/proc/self/mmfl"], "storage.root = '/proc/self/mmfl': cannot write there"),
 ])
 def test_bad_values_found_when_the_run_starts(tmp_path, capsys, sets, expected):

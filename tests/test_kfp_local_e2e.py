@@ -53,7 +53,7 @@ def test_pipeline_matches_local_engine(s3_server, mlflow_uri, tmp_path, monkeypa
 
     # K = 2 rounds per task: rounds 1-2 in one task (the loop, in process), round 3 in the next
     pipeline = build_experiment_pipeline(pipe_cfg, rounds_per_task=2, settings=ClusterSettings(gpus=0))
-    assert pipeline.rounds_per_run == 4
+    assert pipeline.rounds_per_run == 3  # two tasks of K = 2 cover the experiment's 3 rounds
     pipeline(config_json=json.dumps(pipe_cfg.model_dump(mode="json")), pipeline_version="v-test")
     store = MinioStore.from_env(bucket=bucket, prefix="runs", endpoint=s3_server.endpoint)
 

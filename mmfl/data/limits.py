@@ -46,6 +46,10 @@ def check_partition_limits(cfg: ExperimentConfig) -> list[str]:
     n = train_size(cfg)
     if n is None:
         return []
+    total = known_size(cfg)
+    if n < 1 or n == total:
+        raise ConfigError(f"data.test_fraction = {cfg.data.test_fraction}: leaves {n} of {total} samples of "
+                          f"{cfg.data.name} for training; choose a fraction that keeps both splits non-empty")
     p = cfg.partition
     where = f"{cfg.data.name} has {n} training samples"
     if p.num_clients > n:

@@ -71,6 +71,19 @@ def _file_lock(store: LocalStore, exp_id: str) -> Iterator[None]:
         os.close(fd)
 
 
+def _dead_here(doc: dict[str, Any]) -> bool:
+    """A lease held by a process of this host that no longer exists (killed before it could release it)."""
+    if doc.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(doc.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError, OverflowError):
+        return False
+    return False
+
+
 @contextlib.contextmanager
 def _lease(store: ArtifactStore, exp_id: str, ttl_s: float) -> Iterator[None]:
     key = f"{exp_id}/lease.json"
@@ -83,7 +96,8 @@ def _lease(store: ArtifactStore, exp_id: str, ttl_s: float) -> Iterator[None]:
             return None
 
     doc = current()
-    if doc and doc.get("owner") != owner and not doc.get("released") and float(doc.get("expires", 0)) > time.time():
+    if (doc and doc.get("owner") != owner and not doc.get("released") and float(doc.get("expires", 0)) > time.time()
+            and not _dead_here(doc)):
         raise _busy(exp_id, doc, f", lease expires in {float(doc['expires']) - time.time():.0f}s")
     mine = {"owner": owner, **_holder(), "expires": time.time() + ttl_s}
     store.put_json(key, mine)

@@ -282,6 +282,16 @@ class SafeTracker:
     def finish(self, status: str = "FINISHED") -> None:
         self._call("finish", status)
 
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        if hasattr(self.inner, "set_tags"):
+            self._call("set_tags", run_id, tags)
+
+    def run_url(self, run_id: str | None = None) -> str:
+        """The MLflow UI page of a run ("" when the tracker cannot say)."""
+        if not hasattr(self.inner, "run_url"):
+            return ""
+        return self._call("run_url", run_id, default="") or ""
+
     def last_logged(self, key: str, step: int) -> float | None:
         """When ``key`` was last logged for ``step`` (None when unknown or the tracker cannot say)."""
         if not hasattr(self.inner, "last_logged"):
