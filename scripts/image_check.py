@@ -1,0 +1,141 @@
+"""Step 4 of `make image-check`: one pipeline component run inside the built image.
+
+Starts SeaweedFS (S3, with a user scoped to the state bucket, as the chart's pipeline user) and
+MLflow with basic-auth (the chart's own start-up script and users Job script) on 127.0.0.1,
+compiles the experiment pipeline for the image, takes the `prepare` task's container command and
+arguments from the compiled YAML, and runs them in a buildah container the way the KFP launcher
+does, with the environment the chart's Secrets and ConfigMap give a task. Then checks what the
+task wrote to S3 and MLflow, and that the same task without MLflow credentials is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from mmfl.config import parse_config
+from mmfl.kfp.compile import CompileOptions, compile_experiment
+from tests.helpers.s3 import seaweedfs_s3
+from tests.helpers.servers import mlflow_auth_server
+
+BUCKET = "mmfl"
+
+
+def tiny_config() -> dict:
+    return {
+        "name": "image-check", "seed": 0,
+        "data": {"name": "synthetic", "synthetic": {"num_samples": 240, "num_classes": 4, "dims": {"a": 8, "b": 6}}},
+        "partition": {"scheme": "dirichlet", "num_clients": 4, "alpha": 1.0, "min_client_size": 8},
+        "missing": {"pattern": "mixed", "rate": 0.5},
+        "model": {"embed_dim": 16, "hidden": 32},
+        "method": {"name": "fedavg"},
+        "train": {"rounds": 2, "local_epochs": 1, "batch_size": 16, "lr": 0.05},
+        "storage": {"kind": "minio", "root": "runs", "bucket": BUCKET},
+        "tracking": {"enabled": True, "experiment": "image-check"},
+    }
+
+
+def prepare_container(package: Path) -> dict:
+    """The `prepare` executor's container (image, command, args) from the compiled pipeline."""
+    spec = next(yaml.safe_load_all(package.read_text()))
+    component = spec["root"]["dag"]["tasks"]["prepare"]["componentRef"]["name"]
+    label = spec["components"][component]["executorLabel"]
+    return spec["deploymentSpec"]["executors"][label]["container"]
+
+
+def executor_input(config_json: str) -> str:
+    out = "/tmp/kfp"
+    return json.dumps({
+        "inputs": {"parameterValues": {"config_json": config_json}},
+        "outputs": {"artifacts": {"checkpoint": {"artifacts": [{
+            "name": "checkpoint", "type": {"schemaTitle": "system.Model", "schemaVersion": "0.0.1"},
+            "uri": f"{out}/checkpoint", "metadata": {}}]}},
+            "parameters": {"start_round": {"outputFile": f"{out}/start_round"}},
+            "outputFile": f"{out}/executor_output.json"}})
+
+
+def buildah(*args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["buildah", *args], capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise SystemExit(f"buildah {' '.join(args[:2])} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def run_task(image: str, container: dict, env: dict[str, str], config_json: str) -> tuple[subprocess.CompletedProcess, str]:
+    assert container["image"] == image, container["image"]
+    ctr = buildah("from", "--pull=never", image).stdout.strip().splitlines()[-1]
+    try:
+        argv = [a.replace("{{$}}", executor_input(config_json)) for a in container["command"] + container["args"]]
+        env_args = [a for k, v in env.items() for a in ("--env", f"{k}={v}")]
+        start = time.monotonic()
+        proc = buildah("run", "--isolation", "chroot", *env_args, ctr, "--", *argv, check=False)
+        print(f"image-check: prepare ran in the image in {time.monotonic() - start:.0f} s (exit {proc.returncode})")
+        output = buildah("run", "--isolation", "chroot", ctr, "--", "cat", "/tmp/kfp/executor_output.json",
+                         check=False).stdout
+        return proc, output
+    finally:
+        buildah("rm", ctr, check=False)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--image", required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    work = args.out.resolve() / "servers"
+    pipeline_key, pipeline_secret = "mmfl-pipeline", secrets.token_urlsafe(30)
+    with seaweedfs_s3(work / "s3", scoped={BUCKET: (pipeline_key, pipeline_secret)}) as s3, \
+            mlflow_auth_server(work / "mlflow", secrets.token_urlsafe(30), secrets.token_urlsafe(30)) as mlflow:
+        from minio import Minio
+
+        admin = Minio(s3.endpoint, s3.access_key, s3.secret_key, secure=False)
+        if not admin.bucket_exists(BUCKET):
+            admin.make_bucket(BUCKET)  # as the chart's bucket Job does
+        cfg = parse_config(tiny_config())
+        package, _ = compile_experiment(cfg, args.out / "experiment.yaml", CompileOptions(image=args.image, gpus=0))
+        container = prepare_container(package)
+        config_json = json.dumps(cfg.model_dump(mode="json"))
+        env = {"MINIO_ENDPOINT": s3.endpoint, "MINIO_SECURE": "false", "MINIO_ACCESS_KEY": pipeline_key,
+               "MINIO_SECRET_KEY": pipeline_secret, "MLFLOW_TRACKING_URI": mlflow.uri,
+               "MLFLOW_TRACKING_USERNAME": mlflow.pipeline[0], "MLFLOW_TRACKING_PASSWORD": mlflow.pipeline[1]}
+        proc, output = run_task(args.image, container, env, config_json)
+        (args.out / "prepare.log").write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+            raise SystemExit("image-check: the prepare component failed in the image")
+        exp_id = cfg.experiment_id()
+        keys = sorted(o.object_name for o in admin.list_objects(BUCKET, prefix=f"runs/{exp_id}/", recursive=True))
+        print(f"image-check: S3 bucket {BUCKET!r} holds {len(keys)} objects of experiment {exp_id}, e.g. {keys[:3]}")
+        print(f"image-check: executor output {output.strip()[:300]}")
+        from mlflow.tracking import MlflowClient
+
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = mlflow.admin
+        client = MlflowClient(mlflow.uri)
+        experiment = client.get_experiment_by_name("image-check")
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        print(f"image-check: MLflow run(s) by the pipeline user: {[r.info.run_name for r in runs]}")
+        if not keys or not any(k.endswith("rounds/00000/metrics.json") for k in keys) or len(runs) != 1:
+            raise SystemExit("image-check: the task's state or MLflow run is missing")
+        # the same task without MLflow credentials (a new experiment, so it reaches tracking)
+        refused_cfg = parse_config(dict(tiny_config(), name="image-check-refused"))
+        no_auth = {k: v for k, v in env.items() if k not in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+        proc, _ = run_task(args.image, container, no_auth, json.dumps(refused_cfg.model_dump(mode="json")))
+        text = proc.stdout + proc.stderr
+        (args.out / "prepare-refused.log").write_text(text)
+        if proc.returncode == 0 or "401" not in text:
+            raise SystemExit("image-check: without credentials the task was not refused by MLflow")
+        print("image-check: without MLflow credentials the task stops: "
+              + next(line for line in text.splitlines() if "401" in line)[:200])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
