@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -23,24 +24,17 @@ import yaml
 
 from mmfl.config import parse_config
 from mmfl.kfp.compile import CompileOptions, compile_experiment
+from tests.conftest import tiny_config_dict
 from tests.helpers.s3 import seaweedfs_s3
 from tests.helpers.servers import mlflow_auth_server
 
 BUCKET = "mmfl"
 
 
-def tiny_config() -> dict:
-    return {
-        "name": "image-check", "seed": 0,
-        "data": {"name": "synthetic", "synthetic": {"num_samples": 240, "num_classes": 4, "dims": {"a": 8, "b": 6}}},
-        "partition": {"scheme": "dirichlet", "num_clients": 4, "alpha": 1.0, "min_client_size": 8},
-        "missing": {"pattern": "mixed", "rate": 0.5},
-        "model": {"embed_dim": 16, "hidden": 32},
-        "method": {"name": "fedavg"},
-        "train": {"rounds": 2, "local_epochs": 1, "batch_size": 16, "lr": 0.05},
-        "storage": {"kind": "minio", "root": "runs", "bucket": BUCKET},
-        "tracking": {"enabled": True, "experiment": "image-check"},
-    }
+def tiny_config(work: Path, name: str = "image-check") -> dict:
+    """The test suite's tiny synthetic experiment, with its state in the S3 bucket and MLflow on."""
+    return tiny_config_dict(work, name=name, train={"rounds": 2}, storage={"kind": "minio", "root": "runs", "bucket": BUCKET},
+                            tracking={"enabled": True, "experiment": "image-check"})
 
 
 def prepare_container(package: Path) -> dict:
@@ -91,6 +85,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     work = args.out.resolve() / "servers"
+    shutil.rmtree(work, ignore_errors=True)  # fresh servers: MLflow keeps the admin of its first start
     pipeline_key, pipeline_secret = "mmfl-pipeline", secrets.token_urlsafe(30)
     with seaweedfs_s3(work / "s3", scoped={BUCKET: (pipeline_key, pipeline_secret)}) as s3, \
             mlflow_auth_server(work / "mlflow", secrets.token_urlsafe(30), secrets.token_urlsafe(30)) as mlflow:
@@ -99,7 +94,7 @@ def main() -> int:
         admin = Minio(s3.endpoint, s3.access_key, s3.secret_key, secure=False)
         if not admin.bucket_exists(BUCKET):
             admin.make_bucket(BUCKET)  # as the chart's bucket Job does
-        cfg = parse_config(tiny_config())
+        cfg = parse_config(tiny_config(work))
         package, _ = compile_experiment(cfg, args.out / "experiment.yaml", CompileOptions(image=args.image, gpus=0))
         container = prepare_container(package)
         config_json = json.dumps(cfg.model_dump(mode="json"))
@@ -125,7 +120,7 @@ def main() -> int:
         if not keys or not any(k.endswith("rounds/00000/metrics.json") for k in keys) or len(runs) != 1:
             raise SystemExit("image-check: the task's state or MLflow run is missing")
         # the same task without MLflow credentials (a new experiment, so it reaches tracking)
-        refused_cfg = parse_config(dict(tiny_config(), name="image-check-refused"))
+        refused_cfg = parse_config(tiny_config(work, name="image-check-refused"))
         no_auth = {k: v for k, v in env.items() if k not in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
         proc, _ = run_task(args.image, container, no_auth, json.dumps(refused_cfg.model_dump(mode="json")))
         text = proc.stdout + proc.stderr
