@@ -26,7 +26,7 @@ from mmfl.config import parse_config
 from mmfl.kfp.compile import CompileOptions, compile_experiment
 from tests.conftest import tiny_config_dict
 from tests.helpers.s3 import seaweedfs_s3
-from tests.helpers.servers import mlflow_auth_server
+from tests.helpers.servers import CHART_FILES, mlflow_auth_server
 
 BUCKET = "mmfl"
 
@@ -129,7 +129,29 @@ def main() -> int:
             raise SystemExit("image-check: without credentials the task was not refused by MLflow")
         print("image-check: without MLflow credentials the task stops: "
               + next(line for line in text.splitlines() if "401" in line)[:200])
+    mlflow_in_image(args.image, args.out)
     return 0
+
+
+def mlflow_in_image(image: str, out: Path) -> None:
+    """The chart runs MLflow from this image: its migrate step (sqlite here) and the server's imports."""
+    script = (CHART_FILES / "mlflow.sh").read_text()
+    ctr = buildah("from", "--pull=never", image).stdout.strip().splitlines()[-1]
+    try:
+        env = ["--env", "DB_URI=sqlite:////tmp/mlflow.db", "--env", "MLFLOW_AUTH=true", "--env", "HOME=/tmp"]
+        proc = buildah("run", "--isolation", "chroot", *env, ctr, "--", "sh", "-c", script, "mlflow.sh", "migrate",
+                       check=False)
+        (out / "mlflow-migrate.log").write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            raise SystemExit(f"image-check: mlflow.sh migrate failed in the image:\n{proc.stderr[-2000:]}")
+        probe = ("import sqlite3, mlflow.server.auth, psycopg2, boto3; "
+                 "c = sqlite3.connect('/tmp/mlflow.db'); "
+                 "print(sorted(t for (t,) in c.execute(\"select name from sqlite_master where name like 'alembic%'\")))")
+        proc = buildah("run", "--isolation", "chroot", "--env", "HOME=/tmp", ctr, "--", "python3", "-c", probe)
+        print(f"image-check: mlflow.sh migrate ran in the image; version tables {proc.stdout.strip()}; "
+              "basic-auth, psycopg2 and boto3 import")
+    finally:
+        buildah("rm", ctr, check=False)
 
 
 if __name__ == "__main__":

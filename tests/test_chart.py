@@ -180,7 +180,8 @@ def test_mlflow_keeps_serving_through_drains_and_upgrades_its_schema_first():
     assert init["command"][-1] == "migrate" and server["command"][-1] == "serve"
     script = (CHART / "files" / "mlflow.sh").read_text()
     assert init["command"][2] == server["command"][2] == script
-    assert 'mlflow db upgrade "$DB_URI"' in script and "mlflow.server.auth db upgrade" in script
+    assert 'cli.main(["db", "upgrade", sys.argv[1]]' in script  # mlflow db upgrade, then the auth schema's
+    assert 'commands.main(["db", "upgrade", "--url", sys.argv[1]]' in script
     env = env_of(server)
     assert env["MLFLOW_AUTH"] == "true"
     assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == ("mmfl-mmfl-mlflow-auth", "admin-password")

@@ -131,3 +131,21 @@ def test_cuda_start_up_check():
         with pytest.raises(MmflError, match=r"MMFL_REQUIRE_CUDA=1 but torch .* cannot use a GPU here: .*"
                                             r"NVIDIA driver >= 580 \(CUDA 13\) and a Turing or newer GPU"):
             require_cuda({"MMFL_REQUIRE_CUDA": "1"})
+
+
+def test_gpu_tasks_run_the_check_first(tmp_path, monkeypatch):
+    """A round task and a benchmark cell with MMFL_REQUIRE_CUDA=1 stop before reading their input."""
+    import torch
+
+    from mmfl.errors import MmflError
+    from mmfl.kfp.benchmark import run_cell_task
+    from mmfl.kfp.component_io import client_train_task
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the check passes")
+    monkeypatch.setenv("MMFL_REQUIRE_CUDA", "1")
+    with pytest.raises(MmflError, match="MMFL_REQUIRE_CUDA=1"):
+        client_train_task("not even JSON", 0, 0, str(tmp_path / "updates"))
+    with pytest.raises(MmflError, match="MMFL_REQUIRE_CUDA=1"):
+        run_cell_task("not even JSON", str(tmp_path / "result"))
+    assert not (tmp_path / "updates").exists()

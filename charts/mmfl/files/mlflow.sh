@@ -11,10 +11,16 @@ set -eu
 : "${DB_URI:?}" "${MLFLOW_AUTH:=false}"
 case "${1:-}" in
   migrate)
-    mlflow db upgrade "$DB_URI"
-    if [ "$MLFLOW_AUTH" = true ]; then
-      python3 -m mlflow.server.auth db upgrade --url "$DB_URI"
-    fi
+    # = `mlflow db upgrade $DB_URI` and, with auth, `python -m mlflow.server.auth db upgrade --url $DB_URI`,
+    # run as MLflow's own CLI commands in one process (one import of mlflow instead of two)
+    python3 -c '
+import sys
+from mlflow.cli import cli
+cli.main(["db", "upgrade", sys.argv[1]], standalone_mode=False)
+if sys.argv[2] == "true":
+    from mlflow.server.auth.cli import commands
+    commands.main(["db", "upgrade", "--url", sys.argv[1]], standalone_mode=False)
+' "$DB_URI" "$MLFLOW_AUTH"
     ;;
   serve)
     : "${ARTIFACTS_DESTINATION:?}"
