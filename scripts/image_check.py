@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from mmfl.config import parse_config
-from mmfl.kfp.compile import CompileOptions, compile_experiment
+from pipelines.compile import CompileOptions, compile_experiment
 from tests.conftest import tiny_config_dict
 from tests.helpers.s3 import seaweedfs_s3
 from tests.helpers.servers import CHART_FILES, mlflow_auth_server

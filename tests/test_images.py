@@ -139,7 +139,7 @@ def test_gpu_tasks_run_the_check_first(tmp_path, monkeypatch):
 
     from mmfl.errors import MmflError
     from mmfl.kfp.benchmark import run_cell_task
-    from mmfl.kfp.component_io import client_train_task
+    from mmfl.kfp.tasks import client_train_task
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the check passes")

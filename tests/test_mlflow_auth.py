@@ -18,7 +18,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from mmfl.config import parse_config
-from mmfl.kfp.component_io import prepare_task
+from mmfl.kfp.tasks import prepare_task
 from tests.conftest import tiny_config_dict
 from tests.helpers.servers import CHART_FILES, mlflow_auth_server
 
