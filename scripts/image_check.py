@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from mmfl.config import parse_config
+from mmfl.methods import parse_experiment
 from pipelines.compile import CompileOptions, compile_experiment
 from tests.conftest import tiny_config_dict
 from tests.helpers.s3 import seaweedfs_s3
@@ -94,7 +94,7 @@ def main() -> int:
         admin = Minio(s3.endpoint, s3.access_key, s3.secret_key, secure=False)
         if not admin.bucket_exists(BUCKET):
             admin.make_bucket(BUCKET)  # as the chart's bucket Job does
-        cfg = parse_config(tiny_config(work))
+        cfg = parse_experiment(tiny_config(work))
         package, _ = compile_experiment(cfg, args.out / "experiment.yaml", CompileOptions(image=args.image, gpus=0))
         container = prepare_container(package)
         config_json = json.dumps(cfg.model_dump(mode="json"))
@@ -120,7 +120,7 @@ def main() -> int:
         if not keys or not any(k.endswith("rounds/00000/metrics.json") for k in keys) or len(runs) != 1:
             raise SystemExit("image-check: the task's state or MLflow run is missing")
         # the same task without MLflow credentials (a new experiment, so it reaches tracking)
-        refused_cfg = parse_config(tiny_config(work, name="image-check-refused"))
+        refused_cfg = parse_experiment(tiny_config(work, name="image-check-refused"))
         no_auth = {k: v for k, v in env.items() if k not in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
         proc, _ = run_task(args.image, container, no_auth, json.dumps(refused_cfg.model_dump(mode="json")))
         text = proc.stdout + proc.stderr
