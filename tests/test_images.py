@@ -117,35 +117,20 @@ def test_image_layers_context_and_gpu_environment():
     assert {line[1:] for line in ignore if line.startswith("!")} == copied
 
 
-def test_cuda_start_up_check():
-    """GPU tasks stop at start with one line naming the driver floor when CUDA does not work."""
+def test_gpu_task_start_up_check_names_the_driver_floor(tmp_path, monkeypatch):
+    """A GPU task that cannot use CUDA stops with one line naming the image's driver and GPU floor."""
     import torch
 
-    from mmfl.errors import MmflError
-    from mmfl.kfp.cuda_check import require_cuda
+    from mmfl.errors import ConfigError
+    from mmfl.kfp.runtime import require_gpu
+    from mmfl.methods import parse_experiment
+    from tests.conftest import tiny_config_dict
 
-    assert require_cuda({}) is None and require_cuda({"MMFL_REQUIRE_CUDA": "0"}) is None
+    cfg = parse_experiment(tiny_config_dict(tmp_path))
+    monkeypatch.setenv("MMFL_GPU_TASK", "1")
     if torch.cuda.is_available():
-        assert "compute capability" in require_cuda({"MMFL_REQUIRE_CUDA": "1"})
-    else:
-        with pytest.raises(MmflError, match=r"MMFL_REQUIRE_CUDA=1 but torch .* cannot use a GPU here: .*"
-                                            r"NVIDIA driver >= 580 \(CUDA 13\) and a Turing or newer GPU"):
-            require_cuda({"MMFL_REQUIRE_CUDA": "1"})
-
-
-def test_gpu_tasks_run_the_check_first(tmp_path, monkeypatch):
-    """A round task and a benchmark cell with MMFL_REQUIRE_CUDA=1 stop before reading their input."""
-    import torch
-
-    from mmfl.errors import MmflError
-    from mmfl.kfp.benchmark import run_cell_task
-    from mmfl.kfp.tasks import client_train_task
-
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA: the check passes")
-    monkeypatch.setenv("MMFL_REQUIRE_CUDA", "1")
-    with pytest.raises(MmflError, match="MMFL_REQUIRE_CUDA=1"):
-        client_train_task("not even JSON", 0, 0, str(tmp_path / "updates"))
-    with pytest.raises(MmflError, match="MMFL_REQUIRE_CUDA=1"):
-        run_cell_task("not even JSON", str(tmp_path / "result"))
-    assert not (tmp_path / "updates").exists()
+        require_gpu(cfg)  # a kernel ran on the device
+        return
+    with pytest.raises(ConfigError, match=r"MMFL_GPU_TASK=1: this task requests a GPU but torch .* sees no CUDA device"
+                                          r".*the image needs NVIDIA driver >= 580 \(CUDA 13\) and a Turing or newer GPU"):
+        require_gpu(cfg)
