@@ -273,6 +273,13 @@ class SafeTracker:
     def finish(self, status: str = "FINISHED") -> None:
         self._call("finish", status)
 
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self._call("set_tags", run_id, tags)
+
+    def run_url(self, run_id: str | None = None) -> str:
+        """The run's MLflow UI page; '' when tracking is off or has failed."""
+        return self._call("run_url", run_id, default="") if hasattr(self.inner, "run_url") else ""
+
     def logged_steps(self) -> set[int] | None:
         """Rounds the run already holds (None when unknown: then nothing is replayed)."""
         if not hasattr(self.inner, "logged_steps"):
