@@ -37,22 +37,27 @@ def tiny_config(work: Path, name: str = "image-check") -> dict:
                             tracking={"enabled": True, "experiment": "image-check"})
 
 
-def prepare_container(package: Path) -> dict:
-    """The `prepare` executor's container (image, command, args) from the compiled pipeline."""
+def prepare_component(package: Path) -> tuple[dict, dict]:
+    """The `prepare` task's component definition and executor container from the compiled pipeline."""
     spec = next(yaml.safe_load_all(package.read_text()))
-    component = spec["root"]["dag"]["tasks"]["prepare"]["componentRef"]["name"]
-    label = spec["components"][component]["executorLabel"]
-    return spec["deploymentSpec"]["executors"][label]["container"]
+    component = spec["components"][spec["root"]["dag"]["tasks"]["prepare"]["componentRef"]["name"]]
+    return component, spec["deploymentSpec"]["executors"][component["executorLabel"]]["container"]
 
 
-def executor_input(config_json: str) -> str:
+def executor_input(component: dict, config_json: str) -> str:
+    """What the KFP launcher hands the executor: input values, and a local path for every output."""
     out = "/tmp/kfp"
+    params = {name: d.get("defaultValue", "") for name, d in component["inputDefinitions"]["parameters"].items()}
+    params.update(config_json=config_json, kfp_run_id="image-check-run", kfp_run_name="image-check")
+    outputs = component["outputDefinitions"]
     return json.dumps({
-        "inputs": {"parameterValues": {"config_json": config_json}},
-        "outputs": {"artifacts": {"checkpoint": {"artifacts": [{
-            "name": "checkpoint", "type": {"schemaTitle": "system.Model", "schemaVersion": "0.0.1"},
-            "uri": f"{out}/checkpoint", "metadata": {}}]}},
-            "parameters": {"start_round": {"outputFile": f"{out}/start_round"}},
+        "inputs": {"parameterValues": {k: v for k, v in params.items()
+                                       if k in component["inputDefinitions"]["parameters"]}},
+        "outputs": {
+            "artifacts": {name: {"artifacts": [{"name": name, "type": d["artifactType"], "uri": f"{out}/{name}",
+                                                "metadata": {}}]}
+                          for name, d in outputs.get("artifacts", {}).items()},
+            "parameters": {name: {"outputFile": f"{out}/{name}"} for name in outputs.get("parameters", {})},
             "outputFile": f"{out}/executor_output.json"}})
 
 
@@ -63,11 +68,12 @@ def buildah(*args: str, check: bool = True, timeout: int = 900) -> subprocess.Co
     return proc
 
 
-def run_task(image: str, container: dict, env: dict[str, str], config_json: str) -> tuple[subprocess.CompletedProcess, str]:
+def run_task(image: str, component: dict, container: dict, env: dict[str, str],
+             config_json: str) -> tuple[subprocess.CompletedProcess, str]:
     assert container["image"] == image, container["image"]
     ctr = buildah("from", "--pull=never", image).stdout.strip().splitlines()[-1]
     try:
-        argv = [a.replace("{{$}}", executor_input(config_json)) for a in container["command"] + container["args"]]
+        argv = [a.replace("{{$}}", executor_input(component, config_json)) for a in container["command"] + container["args"]]
         env_args = [a for k, v in env.items() for a in ("--env", f"{k}={v}")]
         start = time.monotonic()
         proc = buildah("run", "--isolation", "chroot", *env_args, ctr, "--", *argv, check=False)
@@ -96,12 +102,12 @@ def main() -> int:
             admin.make_bucket(BUCKET)  # as the chart's bucket Job does
         cfg = parse_experiment(tiny_config(work))
         package, _ = compile_experiment(cfg, args.out / "experiment.yaml", CompileOptions(image=args.image, gpus=0))
-        container = prepare_container(package)
+        component, container = prepare_component(package)
         config_json = json.dumps(cfg.model_dump(mode="json"))
         env = {"MINIO_ENDPOINT": s3.endpoint, "MINIO_SECURE": "false", "MINIO_ACCESS_KEY": pipeline_key,
                "MINIO_SECRET_KEY": pipeline_secret, "MLFLOW_TRACKING_URI": mlflow.uri,
                "MLFLOW_TRACKING_USERNAME": mlflow.pipeline[0], "MLFLOW_TRACKING_PASSWORD": mlflow.pipeline[1]}
-        proc, output = run_task(args.image, container, env, config_json)
+        proc, output = run_task(args.image, component, container, env, config_json)
         (args.out / "prepare.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0:
             print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
@@ -119,16 +125,18 @@ def main() -> int:
         print(f"image-check: MLflow run(s) by the pipeline user: {[r.info.run_name for r in runs]}")
         if not keys or not any(k.endswith("rounds/00000/metrics.json") for k in keys) or len(runs) != 1:
             raise SystemExit("image-check: the task's state or MLflow run is missing")
-        # the same task without MLflow credentials (a new experiment, so it reaches tracking)
+        # the same task without MLflow credentials (a new experiment, so it reaches tracking): MLflow
+        # answers 401, the task's tracker stops and training goes on (the rounds stay in the store)
         refused_cfg = parse_experiment(tiny_config(work, name="image-check-refused"))
         no_auth = {k: v for k, v in env.items() if k not in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-        proc, _ = run_task(args.image, container, no_auth, json.dumps(refused_cfg.model_dump(mode="json")))
+        proc, _ = run_task(args.image, component, container, no_auth, json.dumps(refused_cfg.model_dump(mode="json")))
         text = proc.stdout + proc.stderr
         (args.out / "prepare-refused.log").write_text(text)
-        if proc.returncode == 0 or "401" not in text:
-            raise SystemExit("image-check: without credentials the task was not refused by MLflow")
-        print("image-check: without MLflow credentials the task stops: "
-              + next(line for line in text.splitlines() if "401" in line)[:200])
+        stopped = [line for line in text.splitlines() if "tracking stopped" in line and "401" in line]
+        runs = client.search_runs([experiment.experiment_id])
+        if not stopped or any(r.info.run_name.startswith("image-check-refused") for r in runs):
+            raise SystemExit("image-check: without credentials MLflow did not refuse the task")
+        print(f"image-check: without MLflow credentials (exit {proc.returncode}): " + stopped[0][-220:])
     mlflow_in_image(args.image, args.out)
     return 0
 

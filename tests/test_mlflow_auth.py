@@ -3,7 +3,8 @@ the way the chart starts it (charts/mmfl/files/mlflow.sh: schema upgrades, then 
 the pipeline user the chart's users Job creates (charts/mmfl/files/mlflow_users.py).
 
 The task authenticates with MLFLOW_TRACKING_USERNAME/PASSWORD, which the chart's Secret gives
-every task; without them, or with a wrong password, MLflow refuses it.
+every task; without them, or with a wrong password, MLflow refuses it (401) and the task's tracker
+stops, without holding training up.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def as_pod(monkeypatch, uri: str, user: tuple[str, str] | None) -> None:
 
 def test_pipeline_task_authenticates_as_the_pipeline_user(auth_server, tmp_path, monkeypatch):
     as_pod(monkeypatch, auth_server.uri, auth_server.pipeline)
-    start, meta = prepare_task(task_config(tmp_path, "auth-ok"), str(tmp_path / "checkpoint"))
+    start, _, meta = prepare_task(task_config(tmp_path, "auth-ok"), str(tmp_path / "checkpoint"))
     assert start == 0 and meta["round"] == 0
     from mlflow.tracking import MlflowClient
 
@@ -72,10 +73,24 @@ def _basic(req: urllib.request.Request, user: str, password: str) -> urllib.requ
 
 
 @pytest.mark.parametrize("user", [None, ("mmfl-pipeline", "not-the-password")], ids=["no-credentials", "wrong-password"])
-def test_pipeline_task_is_refused_without_valid_credentials(auth_server, tmp_path, monkeypatch, user):
+def test_pipeline_task_is_refused_without_valid_credentials(auth_server, tmp_path, monkeypatch, caplog, user):
+    """MLflow answers 401; the task's tracker stops there (training is never held up by tracking, the
+    rounds are replayed by a later run with credentials) and no run appears in MLflow."""
     as_pod(monkeypatch, auth_server.uri, user)
+    from mlflow.tracking import MlflowClient
+
     with pytest.raises(MlflowException, match="401"):
-        prepare_task(task_config(tmp_path, f"auth-refused-{user is None}"), str(tmp_path / "checkpoint"))
+        MlflowClient(auth_server.uri).search_experiments()
+    name = f"auth-refused-{user is None}"
+    with caplog.at_level("WARNING", logger="mmfl.io.tracking"):
+        start, _, _ = prepare_task(task_config(tmp_path, name), str(tmp_path / "checkpoint"))
+    assert start == 0
+    refused = [r.getMessage() for r in caplog.records if "tracking stopped" in r.getMessage()]
+    assert refused and "401" in refused[0], caplog.text
+    as_pod(monkeypatch, auth_server.uri, auth_server.admin)
+    experiment = MlflowClient(auth_server.uri).get_experiment_by_name("auth-test")
+    runs = MlflowClient(auth_server.uri).search_runs([experiment.experiment_id]) if experiment else []
+    assert name not in {r.info.run_name.split("/")[0] for r in runs}
     # the probes' endpoint stays open
     assert urllib.request.urlopen(f"{auth_server.uri}/health", timeout=10).status == 200
 
