@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/quickstart.yaml
 HELM := .tools/helm
+CHECKOV := .tools/checkov/bin/checkov
 
 .PHONY: install run test clean bench
 
@@ -31,7 +32,7 @@ run: install
 	$(PY) -m mmfl report --experiment mmfl-quickstart
 
 ## test: the whole test suite
-test: install $(HELM)
+test: install $(HELM) $(CHECKOV)
 	$(PY) -m pytest -q -p no:cacheprovider
 
 ## fuzz: property tests with fresh random examples, 20x as many as in `make test` (which draws fixed ones)
@@ -53,10 +54,14 @@ PIPELINE_NAMESPACE ?= kubeflow
 CRON ?= 0 0 3 * * *
 GRID ?= --method fedavg --method zerofill --method fedprox --rate 0.3 --rate 0.6 --seed 0 --seed 1
 
-.PHONY: compile images deploy submit schedule
+.PHONY: compile images image-check deploy submit schedule
 
 $(HELM): scripts/get-helm.sh
 	bash scripts/get-helm.sh $(PYTHON)
+
+# checkov (tests/test_chart.py) in its own venv: its pins conflict with requirements.lock
+$(CHECKOV): scripts/get-checkov.sh requirements-checkov.lock
+	bash scripts/get-checkov.sh $(PYTHON)
 
 ## compile: experiment and benchmark pipelines as KFP v2 YAML in build/pipelines
 compile: install
@@ -68,6 +73,11 @@ images:
 	docker build -f images/Dockerfile.cuda -t $(GPU_IMAGE) .
 	docker push $(CPU_IMAGE)
 	docker push $(GPU_IMAGE)
+
+## image-check: build the CPU image on a Debian base made by mmdebstrap (buildah, no Docker Hub) and run
+## the prepare component in it against SeaweedFS + MLflow (basic-auth) on 127.0.0.1; about 20 min, needs root
+image-check: install
+	bash scripts/image-check.sh
 
 ## deploy: MinIO, MLflow + PostgreSQL and the Secrets/ConfigMap the pipeline reads (current kube context)
 deploy: $(HELM)

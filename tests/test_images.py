@@ -87,3 +87,50 @@ def test_torch_pin_exists_on_pypi():
     proc = pip(*isolated, "index", "versions", "torch")  # the registry itself, not local wheel folders
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert re.search(rf"\b{re.escape(torch_pin)}\b", proc.stdout), proc.stdout[:500]
+
+
+def env_names(dockerfile_text: str) -> set[str]:
+    """Names set by the ENV instructions (with their continuation lines)."""
+    text = re.sub(r"\\\n", " ", "\n".join(line for line in dockerfile_text.splitlines() if not line.startswith("#")))
+    return {m.group(1) for line in text.splitlines() if line.startswith("ENV ")
+            for m in re.finditer(r"([A-Z_][A-Z0-9_]*)=", line)}
+
+
+def test_image_layers_context_and_gpu_environment():
+    """torch in a layer of its own (before the other pins), a build context of only what is copied,
+    no NVIDIA variables in the CPU image and no NVIDIA_VISIBLE_DEVICES anywhere (the device plugin sets it)."""
+    for dockerfile in DOCKERFILES:
+        text = dockerfile.read_text()
+        runs = [line for line in text.splitlines() if line.startswith("RUN ")]
+        assert "venv" in runs[0] and "requirements-image.txt" not in runs[0], dockerfile.name
+        assert text.index("torch==${TORCH_VERSION}") < text.index("COPY requirements.lock"), dockerfile.name
+        assert "NVIDIA_VISIBLE_DEVICES" not in env_names(text), dockerfile.name
+        assert "ARG BASE_IMAGE=" in text and "FROM ${BASE_IMAGE}" in text, dockerfile.name
+    assert not {n for n in env_names((IMAGES / "Dockerfile.cpu").read_text()) if n.startswith("NVIDIA")}
+    cuda = (IMAGES / "Dockerfile.cuda").read_text()
+    assert "NVIDIA_DRIVER_CAPABILITIES" in env_names(cuda) and "PYTHONUNBUFFERED" in env_names(cuda)
+    assert "R580" in cuda and "compute capability 7.5" in cuda  # the driver/GPU floor, stated
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert ignore[[line.strip() for line in ignore].index("*")] == "*"  # everything excluded, then re-included
+    copied = {"requirements.lock", "images/requirements-image.txt", "pyproject.toml", "README.md", "mmfl/",
+              "components/", "pipelines/"}
+    assert {line[1:] for line in ignore if line.startswith("!")} == copied
+
+
+def test_gpu_task_start_up_check_names_the_driver_floor(tmp_path, monkeypatch):
+    """A GPU task that cannot use CUDA stops with one line naming the image's driver and GPU floor."""
+    import torch
+
+    from mmfl.errors import ConfigError
+    from mmfl.kfp.runtime import require_gpu
+    from mmfl.methods import parse_experiment
+    from tests.conftest import tiny_config_dict
+
+    cfg = parse_experiment(tiny_config_dict(tmp_path))
+    monkeypatch.setenv("MMFL_GPU_TASK", "1")
+    if torch.cuda.is_available():
+        require_gpu(cfg)  # a kernel ran on the device
+        return
+    with pytest.raises(ConfigError, match=r"MMFL_GPU_TASK=1: this task requests a GPU but torch .* sees no CUDA device"
+                                          r".*the image needs NVIDIA driver >= 580 \(CUDA 13\) and a Turing or newer GPU"):
+        require_gpu(cfg)

@@ -15,7 +15,7 @@ from mmfl.io.layout import completed_rounds, load_round
 from mmfl.local import run_experiment
 from mmfl.io.store import LocalStore
 from tests.helpers.image_text_fixtures import tiny_food101_runs
-from tests.helpers.kfp_local import start_kfp_local
+from tests.helpers.kfp_local import CPU, start_kfp_local
 
 pytestmark = [pytest.mark.slow]
 
@@ -26,7 +26,7 @@ def _pipeline_equals_local_engine(tmp_path, monkeypatch, cfg, ref):
     from pipelines.experiment import build_experiment_pipeline
 
     start_kfp_local(tmp_path, monkeypatch, {"HF_HUB_OFFLINE": "1"})
-    build_experiment_pipeline(cfg)(config_json=json.dumps(cfg.model_dump(mode="json")))
+    build_experiment_pipeline(cfg, settings=CPU)(config_json=json.dumps(cfg.model_dump(mode="json")))
     run_experiment(ref, progress=False)
 
     exp_id = cfg.experiment_id()

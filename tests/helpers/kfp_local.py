@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.cluster import ClusterSettings
+
 ROOT = Path(__file__).resolve().parents[2]
+
+# kfp.local has no GPUs: pipelines built for GPU nodes stop at their tasks' CUDA check here
+CPU = ClusterSettings(gpus=0)
 
 
 def start_kfp_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str] | None = None) -> None:

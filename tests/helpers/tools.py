@@ -25,3 +25,13 @@ def helm_binary() -> str:
 
 def venv_tool(name: str) -> str | None:
     return shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+
+
+def checkov_binary() -> str:
+    """``.tools/checkov/bin/checkov`` (its own venv, scripts/get-checkov.sh); skips if it cannot be installed."""
+    checkov = ROOT / ".tools" / "checkov" / "bin" / "checkov"
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "get-checkov.sh"), sys.executable],
+                          capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0 or not checkov.exists():
+        pytest.skip(f"checkov is not available and could not be installed from PyPI: {proc.stderr.strip()[-500:]}")
+    return str(checkov)
