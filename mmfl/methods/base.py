@@ -10,10 +10,18 @@ Every hook an engine may call is declared here:
 - ``penalty`` -> a term on the parameters themselves (FedProx); the per-client loop and the
   vectorized engine both add it, so it is written once
 - ``local_step`` -> one optimiser step on a batch (MAML-style methods override it)
+- ``updated_params`` -> which parameters a step updates (default: every one with a gradient)
+- ``start_weights`` / ``training_shard`` / ``finish_update`` -> where a client starts (personal
+  parts), which of its samples train, and what it sends back besides the trained model
 - ``local_epochs`` / ``local_batch_size`` / ``make_optimizer`` -> the local budget and optimiser
 - ``train_local`` / ``run_local`` -> THE local loop (seeded by (seed, round, client)); methods do not copy it
 - ``vectorizable`` -> an ordinary class attribute, inherited like any other: True when the
-  vectorized engine reproduces ``train_local`` (cross-entropy + ``penalty``, SGD)
+  vectorized engine reproduces the method's local training from these hooks. Such a method's
+  ``batch_loss`` (and ``updated_params``) must run under ``torch.func.vmap``: tensors only (no
+  ``float()``/``.item()``, no Python branches on tensor values, no boolean indexing), padded
+  samples left out through ``batch.weight`` (``masked_mean``), per-step inputs read from
+  ``batch.step_data`` and per-client sums returned as non-scalar metrics (``LocalData.totals``),
+  not from ``batch.aux``/``batch.index``/``batch.epoch``
 """
 
 from __future__ import annotations
@@ -102,7 +110,11 @@ class LocalData:
     present: torch.Tensor
     labels: torch.Tensor
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
-    aux: dict[str, Any] = field(default_factory=dict)  # per-client, not per-sample (e.g. a step plan)
+    aux: dict[str, Any] = field(default_factory=dict)  # per-client, not per-sample (loop-only methods)
+    # Per local step (first dimension: the client's step 0, 1, ...): e.g. FlexMod's step plan as a mask.
+    per_step: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Sums over the local steps of the non-scalar metrics ``batch_loss`` returned (filled by the engines).
+    totals: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -110,7 +122,7 @@ class LocalData:
     def take(self, idx: torch.Tensor, device: str | torch.device, epoch: int = 0, step: int = 0) -> Batch:
         return Batch({k: v[idx].to(device) for k, v in self.inputs.items()}, self.present[idx].to(device),
                      self.labels[idx].to(device), {k: v[idx].to(device) for k, v in self.extra.items()}, idx, epoch, step,
-                     self.aux)
+                     self.aux, None, {k: v[step].to(device) for k, v in self.per_step.items()})
 
 
 @dataclass
@@ -121,10 +133,12 @@ class Batch:
     present: torch.Tensor
     labels: torch.Tensor
     extra: dict[str, torch.Tensor]
-    index: torch.Tensor
+    index: torch.Tensor | None
     epoch: int = 0
     step: int = 0
     aux: dict[str, Any] = field(default_factory=dict)
+    weight: torch.Tensor | None = None  # (B,) 1 for real samples, 0 for padding; None: every sample is real
+    step_data: dict[str, torch.Tensor] = field(default_factory=dict)  # row ``step`` of ``LocalData.per_step``
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -136,7 +150,23 @@ def iterate_batches(n: int, batch_size: int, generator: torch.Generator) -> Iter
         yield perm[start : start + batch_size]
 
 
-LossResult = torch.Tensor | tuple[torch.Tensor, Mapping[str, float]]
+def masked_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean of per-sample ``values`` over the real samples: all of them when ``weight`` is None (the loop),
+    else those of weight 1 (a padded batch of the vectorized engine); 0 for a batch without any."""
+    if weight is None:
+        return values.mean()
+    weight = weight.to(values.dtype)
+    return (values * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """``F.cross_entropy`` averaged over the real samples of a (possibly padded) batch."""
+    if weight is None:
+        return F.cross_entropy(logits, labels)
+    return masked_mean(F.cross_entropy(logits, labels, reduction="none"), weight)
+
+
+LossResult = torch.Tensor | tuple[torch.Tensor, Mapping[str, "float | torch.Tensor"]]
 
 
 _PROBE_N = 1_000_003  # a shard size no real batch size equals: a method whose batch is its shard returns it
@@ -192,10 +222,31 @@ class Method:
 
     # ---- client side -------------------------------------------------------------------------
     def client_update(self, state: RoundState, shard: MultimodalDataset, ctx: Context) -> ClientUpdate:
-        model = self.load_model(state.model_weights(), ctx)
-        metrics = self.train_local(model, shard, ctx, state)
-        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        return ClientUpdate(ctx.client_id, len(shard), {f"model/{k}": v for k, v in weights.items()}, metrics)
+        """Start from ``start_weights``, train on ``training_shard``, hand back ``finish_update``."""
+        model = self.load_model(self.start_weights(state, ctx), ctx)
+        data = self.local_data(model, self.training_shard(shard, ctx), state, ctx)
+        metrics = self.run_local(model, data, ctx, state)
+        weights = {f"model/{k}": v.detach().cpu() for k, v in model.state_dict().items()}
+        return self.finish_update(state, shard, weights, data, metrics, ctx)
+
+    def start_weights(self, state: RoundState, ctx: Context) -> dict[str, torch.Tensor]:
+        """The model weights client ``ctx.client_id`` starts its local training from (default: the global model)."""
+        return state.model_weights()
+
+    def training_shard(self, shard: MultimodalDataset, ctx: Context) -> MultimodalDataset:
+        """The samples a client trains on (default: all; FlexMod keeps a validation part aside)."""
+        return shard
+
+    def finish_update(self, state: RoundState, shard: MultimodalDataset, weights: Mapping[str, torch.Tensor],
+                      data: LocalData, metrics: dict[str, float], ctx: Context) -> ClientUpdate:
+        """The client's update from its trained ``weights`` (``model/``-prefixed; read-only, possibly a
+        row of a stack of clients), its ``LocalData`` (with ``totals``) and metrics."""
+        return ClientUpdate(ctx.client_id, len(data), weights, metrics)
+
+    def updated_params(self, model: nn.Module, batch: Batch, ctx: Context) -> Mapping[str, torch.Tensor] | None:
+        """Per trainable parameter name, a 0-dim bool tensor: does this step update it? None: every
+        parameter with a gradient (the loop leaves the others to ``torch.optim``, which skips them)."""
+        return None
 
     def local_data(self, model: nn.Module, shard: MultimodalDataset, state: RoundState, ctx: Context) -> LocalData:
         """What the local loop batches; feature methods add cached frozen features to ``extra``."""
@@ -230,7 +281,7 @@ class Method:
 
     def batch_loss(self, model: nn.Module, batch: Batch, state: RoundState, ctx: Context) -> LossResult:
         """The task loss of one batch; may return ``(loss, {name: scalar})`` to average per step."""
-        return F.cross_entropy(model(batch.inputs, batch.present), batch.labels)
+        return masked_cross_entropy(model(batch.inputs, batch.present), batch.labels, batch.weight)
 
     def penalty(self, params: Mapping[str, torch.Tensor], anchor: Mapping[str, torch.Tensor], ctx: Context) -> torch.Tensor | None:
         """A term on the trainable parameters (``anchor``: the round's global model), or None.
@@ -255,6 +306,11 @@ class Method:
             loss = loss + pen
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        updated = self.updated_params(model, batch, ctx)
+        if updated is not None:
+            for name, p in model.named_parameters():
+                if name in updated and not bool(updated[name]):
+                    p.grad = None
         optimizer.step()  # parameters without a gradient (frozen parts) are left untouched
         return float(loss.detach()), extra
 
@@ -280,7 +336,10 @@ class Method:
                     loss, extra = done
                     sums["train_loss"] += loss
                     for k, v in extra.items():
-                        sums[k] = sums.get(k, 0.0) + float(v)
+                        if isinstance(v, torch.Tensor) and v.dim() > 0:
+                            data.totals[k] = data.totals[k] + v.detach() if k in data.totals else v.detach().clone()
+                        else:
+                            sums[k] = sums.get(k, 0.0) + float(v)
                     steps += 1
         out = {k: v if k in self.summed_metrics else v / max(steps, 1) for k, v in sums.items()}
         out["local_steps"] = float(steps)
