@@ -50,6 +50,22 @@ REPRODUCED_HOOKS = ("client_update", "train_local", "run_local", "local_data", "
                     "batch_loss", "local_step", "make_optimizer")
 
 
+# Trainers of their own for methods whose local step the generic trainers do not reproduce (3FM's
+# meta-step): method class "module:Class" -> "module:function"; the function takes
+# (method, cfg, state, sample) and returns a trainer (with ``updates``, below) or the reason to use the loop.
+SPECIAL_TRAINERS: dict[str, str] = {}
+
+
+def _special(method: Method, cfg: ExperimentConfig, state: RoundState, sample: MultimodalDataset):
+    import importlib
+
+    target = SPECIAL_TRAINERS.get(f"{type(method).__module__}:{type(method).__qualname__}")
+    if target is None:
+        return None
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)(method, cfg, state, sample)
+
+
 def method_reason(method: Method) -> str | None:
     """Why a method's local training is not reproduced here, or None when it is."""
     if not method.vectorizable:
@@ -105,7 +121,7 @@ def _device_memory_low(result, device: torch.device) -> bool:
 
 
 def trainer_for(method: Method, cfg: ExperimentConfig, state: RoundState, sample: MultimodalDataset,
-                cuda_graph: bool = True, static_buffers: bool = False) -> VectorTrainer | None:
+                cuda_graph: bool = True, static_buffers: bool = False):
     """The trainer that reproduces ``method``'s local training in this setting, or None (use the loop).
 
     ``cuda_graph`` allows capturing each chunk's local steps as one CUDA graph when
@@ -113,7 +129,10 @@ def trainer_for(method: Method, cfg: ExperimentConfig, state: RoundState, sample
     without capturing (a check of that path on any device). The reason for None is logged:
     loudly once per setting and process, then quietly every further round.
     """
-    reason = method_reason(method)
+    special = _special(method, cfg, state, sample)
+    reason = method_reason(method) if special is None else (special if isinstance(special, str) else None)
+    if special is not None and not isinstance(special, str):
+        return special
     if reason is None:
         spec = DataSpec.from_json(state.meta["data_spec"])
         found = _trainer(method, cfg, state, spec, sample, cuda_graph, static_buffers)
@@ -173,6 +192,8 @@ def train_clients(trainer: VectorTrainer, cfg: ExperimentConfig, state: RoundSta
     client_ids = list(client_ids)
     if not client_ids:
         return []
+    if hasattr(trainer, "updates"):  # a trainer that builds the updates itself (method trainers)
+        return trainer.updates(cfg, state, shards, client_ids)
     spec = DataSpec.from_json(state.meta["data_spec"])
     global_weights = state.model_weights()
     trainer.set_global(global_weights)
