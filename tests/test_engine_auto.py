@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pytest
 import torch
 
 from mmfl.engine import steps
@@ -17,12 +18,18 @@ from tests.conftest import tiny_config_dict
 TOL = 1e-6
 
 
+class OwnStepFedAvg(FedAvg):
+    """A method with its own local step: the vectorized engine does not reproduce it."""
+
+    def local_step(self, model, batch, optimizer, state, ctx, anchor):
+        return super().local_step(model, batch, optimizer, state, ctx, anchor)
+
+
 class ScaledLossFedAvg(FedAvg):
-    """A method with its own batch loss: the vectorized engine does not reproduce it."""
+    """A method with its own batch loss: the generic method trainer reproduces it."""
 
     def batch_loss(self, model, batch, state, ctx):
-        out = super().batch_loss(model, batch, state, ctx)
-        return (2.0 * out[0], out[1]) if isinstance(out, tuple) else 2.0 * out
+        return 2.0 * super().batch_loss(model, batch, state, ctx)
 
 
 def _round(tmp_path: Path, engine: str | None, method: str = "fedavg"):
@@ -55,17 +62,29 @@ def test_auto_is_the_default_and_vectorizes_fedavg_like_the_loop(tmp_path):
     assert _max_diff(agg_loop.tensors, state.tensors) > 1e-3  # the round trained
 
 
-def test_auto_uses_the_loop_for_a_method_it_cannot_vectorize_said_once(tmp_path, monkeypatch, caplog):
+def test_auto_trains_a_method_with_its_own_loss_together_like_the_loop(tmp_path, monkeypatch):
     monkeypatch.setitem(METHODS, "scaled_loss_fedavg", f"{__name__}:ScaledLossFedAvg")
+    _, state, auto, agg_auto = _round(tmp_path / "a", "auto", "scaled_loss_fedavg")
+    assert all(isinstance(u.tensors, StackView) for u in auto)
+    _, _, loop, agg_loop = _round(tmp_path / "l", "loop", "scaled_loss_fedavg")
+    for u, v in zip(loop, auto):
+        assert _max_diff(u.tensors, dict(v.tensors)) < TOL
+        assert v.metrics["train_loss"] == pytest.approx(u.metrics["train_loss"], rel=1e-6)
+    assert _max_diff(agg_loop.tensors, agg_auto.tensors) < TOL
+    assert _max_diff(agg_loop.tensors, state.tensors) > 1e-3
+
+
+def test_auto_uses_the_loop_for_a_method_it_cannot_vectorize_said_once(tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(METHODS, "own_step_fedavg", f"{__name__}:OwnStepFedAvg")
     with caplog.at_level(logging.DEBUG, logger="mmfl.engine.vectorized"):
-        _, state, auto, agg_auto = _round(tmp_path / "a1", "auto", "scaled_loss_fedavg")
-        _round(tmp_path / "a2", "auto", "scaled_loss_fedavg")  # a second round: no second line
+        _, state, auto, agg_auto = _round(tmp_path / "a1", "auto", "own_step_fedavg")
+        _round(tmp_path / "a2", "auto", "own_step_fedavg")  # a second round: no second line
     said = [r for r in caplog.records if r.levelno >= logging.INFO and "train.engine auto" in r.getMessage()]
     assert len(said) == 1, [r.getMessage() for r in said]
     assert "training clients one by one (the loop)" in said[0].getMessage()
-    assert "overrides batch_loss" in said[0].getMessage()
+    assert "overrides local_step" in said[0].getMessage()
     assert not any(isinstance(u.tensors, StackView) for u in auto)
-    _, _, loop, agg_loop = _round(tmp_path / "l", "loop", "scaled_loss_fedavg")
+    _, _, loop, agg_loop = _round(tmp_path / "l", "loop", "own_step_fedavg")
     for u, v in zip(loop, auto):
         assert _max_diff(u.tensors, v.tensors) == 0.0
     assert _max_diff(agg_loop.tensors, agg_auto.tensors) < TOL

@@ -9,10 +9,24 @@ import pytest
 
 from mmfl.engine import robust, steps
 from mmfl.methods import parse_experiment
+from mmfl.methods.pmcmfl import PmcmFL
+from mmfl.methods.registry import METHODS
 from tests.conftest import tiny_config_dict
 
 
-def _cfg(tmp_path, engine, method="pmcmfl"):
+class OwnStepPmcmFL(PmcmFL):
+    """PmcmFL with a local step of its own, which the vectorized engine does not reproduce."""
+
+    def local_step(self, model, batch, optimizer, state, ctx, anchor):
+        return super().local_step(model, batch, optimizer, state, ctx, anchor)
+
+
+@pytest.fixture(autouse=True)
+def _own_step_method(monkeypatch):
+    monkeypatch.setitem(METHODS, "own_step_pmcmfl", f"{__name__}:OwnStepPmcmFL")
+
+
+def _cfg(tmp_path, engine, method="own_step_pmcmfl"):
     return parse_experiment(tiny_config_dict(
         tmp_path, method={"name": method}, train={"rounds": 1, "batch_size": 32, "engine": engine},
         reliability={"fault_injection": [{"round": 1, "client": 2, "mode": "raise"}]}))

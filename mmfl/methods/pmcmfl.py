@@ -144,6 +144,7 @@ def retrieval_masks(model: nn.Module, scores: torch.Tensor, protos: torch.Tensor
 class PmcmFL(Method):
     Params = PmcmFLParams
     uses_prototypes = True
+    vectorizable = True  # batch_loss runs under vmap (masks, no indexing): the vectorized engine trains it
 
     # ---- state ----------------------------------------------------------------------------
     def init_state(self, spec: DataSpec, cfg: ExperimentConfig, resources: Resources = NO_RESOURCES) -> RoundState:
@@ -161,25 +162,27 @@ class PmcmFL(Method):
         tokens, fused = model.features(inputs, present, subs)
         logits = model.head(fused)
         masked = (~present).sum(dim=1)
-        loss = task_calibrated_loss(logits, labels, masked, p.mask_weight)
+        loss = task_calibrated_loss(logits, labels, masked, p.mask_weight, batch.weight)
         if ctx.round < p.contrast_start_round:
             return loss
+        real = torch.ones_like(labels, dtype=torch.bool) if batch.weight is None else batch.weight > 0
         fp = state.tensors[f"proto/{FUSED}"].to(fused.device)
         fa = state.tensors[f"proto_count/{FUSED}"].to(fused.device) > 0
         if p.contrast == "batch":
             con, _ = paper_contrast_terms(tokens, fused, present, labels, protos, avail, fp, fa,
-                                          p.modality_weight_vector(names), p.fused_weight, p.temperature)
+                                          p.modality_weight_vector(names), p.fused_weight, p.temperature, real)
             return loss + con
         if p.contrast_weight > 0:
-            con = []
+            # The mean over the terms that apply: a modality term needs a real sample that has the modality.
+            terms, count = fused.sum() * 0.0, torch.zeros((), dtype=fused.dtype, device=fused.device)
             for j in range(len(names)):
-                rows = present[:, j]
-                if bool(rows.any()):
-                    con.append(prototype_contrastive_loss(tokens[rows, j], labels[rows], protos[j], avail[j], p.temperature))
+                rows = present[:, j] & real
+                terms = terms + prototype_contrastive_loss(tokens[:, j], labels, protos[j], avail[j], p.temperature, rows)
+                count = count + rows.any().to(fused.dtype)
             if p.contrast_fused:
-                con.append(prototype_contrastive_loss(fused, labels, fp, fa, p.temperature))
-            if con:
-                loss = loss + p.contrast_weight * torch.stack(con).mean()
+                terms = terms + prototype_contrastive_loss(fused, labels, fp, fa, p.temperature, real)
+                count = count + 1
+            loss = loss + p.contrast_weight * terms / count.clamp_min(1.0)
         return loss
 
     def client_prototypes(self, state: RoundState, update: ClientUpdate, shard: MultimodalDataset, ctx: Context):

@@ -6,11 +6,19 @@ sizes handled by padding and masks, so FedAvg after a round agrees with the loop
 rounding. Per-client parameters and momentum are stacked along a client dimension and one
 ``vmap``-ed gradient step advances a whole chunk of ``train.vector_chunk`` clients.
 
-``trainer_for`` says whether this engine reproduces a method's local training; when it does
-not, ``engine/steps.client_train`` trains the clients one by one (the loop), saying why once in
-the log:
+``trainer_for`` picks the trainer that reproduces a method's local training:
+- the plain trainer (``trainer.py``: cross-entropy + ``penalty`` under SGD, with CUDA graphs and
+  ``torch.compile``) for methods that keep ``Method``'s local-training hooks (FedAvg, FedProx,
+  zero-fill);
+- the method trainer (``method_trainer.py``) for methods declared ``vectorizable`` with hooks of
+  their own (``batch_loss``, ``local_data``, ``start_weights``, ``finish_update``, ...: PmcmFL and
+  the others, see docs/performance.md);
+- a trainer of its own from ``SPECIAL_TRAINERS`` (3FM's meta-step).
+When none does, ``engine/steps.client_train`` trains the clients one by one (the loop), saying why
+once in the log:
 - the method's ``vectorizable`` is False (custom local losses or client logic that this engine
-  does not reproduce; an ordinary class attribute, inherited by subclasses), or
+  does not reproduce; an ordinary class attribute, inherited by subclasses), or it overrides
+  ``client_update``/``train_local``/``run_local``/``local_step``, or
 - the model cannot be vmapped faithfully (dropout > 0, batch norm, layers without batching
   rules such as ``nn.GRU``; see ``probe``).
 The method's ``penalty`` hook (FedProx's proximal term) is added to the loss here as in the loop.
@@ -29,6 +37,7 @@ import torch
 from mmfl.config import ExperimentConfig
 from mmfl.data.dataset import DataSpec, MultimodalDataset
 from mmfl.engine.resources import device_of, resources_for
+from mmfl.engine.vectorized.method_trainer import method_trainer_for
 from mmfl.engine.vectorized.stack import ClientStack
 from mmfl.engine.vectorized.step import SGDSettings
 from mmfl.engine.vectorized.trainer import VectorTrainer
@@ -47,7 +56,8 @@ _WARNED: set[str | tuple[str, str]] = set()
 
 # The local-training hooks this engine reproduces as ``Method`` defines them (plus ``penalty``).
 REPRODUCED_HOOKS = ("client_update", "train_local", "run_local", "local_data", "local_epochs", "local_batch_size",
-                    "batch_loss", "local_step", "make_optimizer")
+                    "batch_loss", "local_step", "make_optimizer", "start_weights", "training_shard", "finish_update",
+                    "updated_params")
 
 
 # Trainers of their own for methods whose local step the generic trainers do not reproduce (3FM's
@@ -130,8 +140,13 @@ def trainer_for(method: Method, cfg: ExperimentConfig, state: RoundState, sample
     loudly once per setting and process, then quietly every further round.
     """
     special = _special(method, cfg, state, sample)
+    if special is None and method_reason(method) is not None:  # hooks of its own: the method trainer
+        special = method_trainer_for(method, cfg, state, sample)
     reason = method_reason(method) if special is None else (special if isinstance(special, str) else None)
     if special is not None and not isinstance(special, str):
+        if cfg.train.engine == "auto" and ("auto", method.name) not in _WARNED:
+            _WARNED.add(("auto", method.name))
+            log.info("train.engine auto: the vectorized engine trains the clients of %r together", method.name)
         return special
     if reason is None:
         spec = DataSpec.from_json(state.meta["data_spec"])

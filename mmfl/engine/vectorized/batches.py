@@ -62,8 +62,13 @@ class ChunkSchedule:
     steps: torch.Tensor
 
 
-def chunk_schedule(sizes: Sequence[int], seeds: Sequence[int], batch_size: int, epochs: int) -> ChunkSchedule:
-    """Pad the per-client batch orders of clients with ``sizes`` samples to a common (steps, batch) grid."""
+def chunk_schedule(sizes: Sequence[int], seeds: Sequence[int], batch_size: int | Sequence[int],
+                   epochs: int | Sequence[int]) -> ChunkSchedule:
+    """Pad the per-client batch orders of clients with ``sizes`` samples to a common (steps, batch) grid.
+
+    ``batch_size`` and ``epochs`` are one value for every client or one per client (a method's
+    ``local_batch_size`` may depend on the shard, e.g. 3FM's whole-shard batches).
+    """
     if len(sizes) != len(seeds):
         raise ValueError(f"{len(sizes)} shards but {len(seeds)} seeds")
     if not sizes:
@@ -71,22 +76,25 @@ def chunk_schedule(sizes: Sequence[int], seeds: Sequence[int], batch_size: int, 
     if min(sizes) <= 0:
         raise ValueError("a client shard is empty; every sampled client needs at least one sample")
     c = len(sizes)
-    width = min(batch_size, max(sizes))
-    per_epoch = [math.ceil(n / batch_size) for n in sizes]
-    num_steps = epochs * max(per_epoch)
+    sizes_b = [batch_size] * c if isinstance(batch_size, int) else list(batch_size)
+    epochs_c = [epochs] * c if isinstance(epochs, int) else list(epochs)
+    width = max(min(b, n) for b, n in zip(sizes_b, sizes))
+    per_epoch = [math.ceil(n / b) for n, b in zip(sizes, sizes_b)]
+    steps = torch.tensor([e * k for e, k in zip(epochs_c, per_epoch)], dtype=torch.long)
+    num_steps = int(steps.max())
     index = torch.zeros(num_steps, c, width, dtype=torch.long)
     valid = torch.zeros(num_steps, c, width, dtype=torch.bool)
     for j, (n, seed) in enumerate(zip(sizes, seeds)):
         gen = torch.Generator().manual_seed(seed)
-        # The loop's order: one randperm per epoch, cut into consecutive batches of batch_size;
+        b, ep = sizes_b[j], epochs_c[j]
+        # The loop's order: one randperm per epoch, cut into consecutive batches of the batch size;
         # -1 marks the slots after the last sample of an epoch.
-        padded = torch.full((epochs, per_epoch[j] * batch_size), -1, dtype=torch.long)
-        for e in range(epochs):
+        padded = torch.full((ep, per_epoch[j] * b), -1, dtype=torch.long)
+        for e in range(ep):
             padded[e, :n] = torch.randperm(n, generator=gen)
-        grid = padded.reshape(epochs * per_epoch[j], batch_size)[:, :width]
-        index[: grid.shape[0], j] = grid.clamp_min(0)
-        valid[: grid.shape[0], j] = grid >= 0
-    steps = torch.tensor([epochs * k for k in per_epoch], dtype=torch.long)
+        grid = padded.reshape(ep * per_epoch[j], b)[:, : min(b, width)]
+        index[: grid.shape[0], j, : grid.shape[1]] = grid.clamp_min(0)
+        valid[: grid.shape[0], j, : grid.shape[1]] = grid >= 0
     active = torch.arange(num_steps).unsqueeze(1) < steps.unsqueeze(0)
     return ChunkSchedule(index, valid.to(torch.float32), active, steps)
 
@@ -104,14 +112,20 @@ def gather_batches(data: Sequence[dict[str, torch.Tensor]], schedule: ChunkSched
     stay on the device between rounds and only the small index grid travels.
     """
     device = torch.device(device)
-    sizes = [int(d["labels"].shape[0]) for d in data]
-    offsets = torch.tensor([0, *sizes[:-1]], dtype=torch.long).cumsum(0)
-    flat_index = _to(schedule.index + offsets.view(1, -1, 1), device)
-    out = {key: torch.cat([d[key] for d in data]).index_select(0, flat_index.reshape(-1)).reshape(
-        *flat_index.shape, *data[0][key].shape[1:]) for key in data[0]}
+    out = gather_rows(data, schedule, device)
     inputs = {k[len("input/"):]: v for k, v in out.items() if k.startswith("input/")}
     return ChunkBatches(inputs, out["present"], out["labels"], _to(schedule.weight, device),
                         _to(schedule.active, device), _to(schedule.steps, device))
+
+
+def gather_rows(data: Sequence[dict[str, torch.Tensor]], schedule: ChunkSchedule,
+                device: torch.device) -> dict[str, torch.Tensor]:
+    """``(S, C, B, ...)`` per key: row ``schedule.index[s, c, b]`` of client ``c``'s tensor (one gather per key)."""
+    sizes = [int(next(iter(d.values())).shape[0]) for d in data]
+    offsets = torch.tensor([0, *sizes[:-1]], dtype=torch.long).cumsum(0)
+    flat_index = _to(schedule.index + offsets.view(1, -1, 1), device)
+    return {key: torch.cat([d[key] for d in data]).index_select(0, flat_index.reshape(-1)).reshape(
+        *flat_index.shape, *data[0][key].shape[1:]) for key in data[0]}
 
 
 def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:

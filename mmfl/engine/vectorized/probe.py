@@ -18,9 +18,10 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.func import grad_and_value, vmap
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmfl.engine.vectorized.step import batched_grad
 
 Tensors = dict[str, torch.Tensor]
 
@@ -45,7 +46,7 @@ def unused_parameters(model: nn.Module, inputs: Tensors, present: torch.Tensor, 
 
 def probe_reason(
     model: nn.Module, client_loss: Callable, trainable: Tensors,
-    inputs: Tensors, present: torch.Tensor, labels: torch.Tensor, tol: float = 1e-4,
+    inputs: Tensors, present: torch.Tensor, labels: torch.Tensor, tol: float = 1e-4, transform: bool = False,
 ) -> str | None:
     """None if the batched gradient of two perturbed clients equals per-client autograd, else why not."""
     gen = torch.Generator().manual_seed(1234)
@@ -58,9 +59,8 @@ def probe_reason(
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            grads, _ = vmap(grad_and_value(client_loss))(
-                stacked, {k: rep(v) for k, v in inputs.items()}, rep(present), rep(labels), rep(weight)
-            )
+            grads, _ = batched_grad(client_loss, stacked, {k: rep(v) for k, v in inputs.items()}, rep(present),
+                                    rep(labels), rep(weight), transform=transform)
     except Exception as exc:  # noqa: BLE001 - any failure of the transform means "use the loop"
         return f"vmap over clients failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     for w in caught:  # vmap runs an operator client by client when it has no batching rule: no gain

@@ -29,6 +29,28 @@ class SGDSettings:
     weight_decay: float = 0.0
 
 
+def batched_grad(client_loss: Callable, params: Tensors, *args, has_aux: bool = False, transform: bool = False):
+    """Every client's gradient of its own loss: ``(grads, losses)`` or ``(grads, (losses, aux))``.
+
+    The per-client losses come from ``vmap`` of ``client_loss`` over the stacked ``params``; as each
+    client's loss depends only on its own row, one ordinary backward pass of their sum gives each
+    client's gradient in its row (what ``vmap(grad(...))`` computes, without the start-up cost of
+    ``torch.func.grad``, whose first call imports the compiler stack, several seconds). A parameter
+    a loss does not use gets a zero gradient. ``transform=True`` uses ``vmap(grad_and_value(...))``
+    itself, for layers that have no batching rule outside ``grad`` (``nn.GRU`` is decomposed there).
+    """
+    if transform:
+        return vmap(grad_and_value(client_loss, has_aux=has_aux))(params, *args)
+    with torch.enable_grad():
+        leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+        out = vmap(client_loss)(leaves, *args)
+        losses, aux = out if has_aux else (out, None)
+        found = torch.autograd.grad(losses.sum(), list(leaves.values()), allow_unused=True)
+    grads = {n: g if g is not None else torch.zeros_like(leaves[n]) for n, g in zip(leaves, found)}
+    losses = losses.detach()
+    return (grads, (losses, aux)) if has_aux else (grads, losses)
+
+
 def make_client_loss(model: nn.Module, fixed: Tensors, anchor: Tensors, penalty: Penalty | None) -> Callable:
     """``loss(trainable, inputs, present, labels, weight)`` of ONE client, for ``torch.func``.
 
@@ -52,7 +74,7 @@ def make_client_loss(model: nn.Module, fixed: Tensors, anchor: Tensors, penalty:
     return client_loss
 
 
-def make_step(client_loss: Callable, sgd: SGDSettings, masked: bool) -> Callable:
+def make_step(client_loss: Callable, sgd: SGDSettings, masked: bool, transform: bool = False) -> Callable:
     """``step(params, bufs, inputs, present, labels, weight, active) -> losses``, updating in place.
 
     All tensors carry the client dimension first; ``params`` and ``bufs`` (momentum) are
@@ -60,7 +82,8 @@ def make_step(client_loss: Callable, sgd: SGDSettings, masked: bool) -> Callable
     ``torch.optim.SGD``. ``masked=False`` skips the padding mask for steps where every client
     is active (cheaper, same result).
     """
-    per_client = vmap(grad_and_value(client_loss))
+    def per_client(*args):
+        return batched_grad(client_loss, *args, transform=transform)
 
     def step(params: Tensors, bufs: Tensors, inputs: Tensors, present: torch.Tensor, labels: torch.Tensor,
              weight: torch.Tensor, active: torch.Tensor) -> torch.Tensor:

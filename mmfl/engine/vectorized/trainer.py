@@ -82,8 +82,13 @@ class VectorTrainer:
         fixed = {k: v for k, v in self.static.items() if k not in self.trainable}
         self.client_loss = make_client_loss(self.model, fixed, self.anchor, self.penalty)
         plain_loss = make_client_loss(self.model, fixed, self.anchor, None)
-        reason = probe_reason(self.model, plain_loss, {n: self.static[n] for n in self.trainable},
-                              inputs, present, labels)
+        trainable = {n: self.static[n] for n in self.trainable}
+        self.transform = False
+        reason = probe_reason(self.model, plain_loss, trainable, inputs, present, labels)
+        if reason and reason.startswith("vmap over clients failed"):
+            # No batching rule for a layer's forward (nn.GRU): torch.func.grad decomposes it.
+            self.transform = True
+            reason = probe_reason(self.model, plain_loss, trainable, inputs, present, labels, transform=True)
         if reason:
             return reason
         self._build_steps()
@@ -91,7 +96,7 @@ class VectorTrainer:
 
     def _build_steps(self) -> None:
         for masked in (False, True):
-            step = make_step(self.client_loss, self.sgd, masked)
+            step = make_step(self.client_loss, self.sgd, masked, self.transform)
             self._steps[masked] = torch.compile(step, dynamic=False) if self.compile else step
 
     def set_global(self, weights: Tensors) -> None:
