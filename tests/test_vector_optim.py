@@ -51,3 +51,25 @@ def test_stacked_step_equals_torch_per_client(kind):
 def test_unsupported_optimizer_is_named():
     opt = torch.optim.RMSprop([torch.nn.Parameter(torch.zeros(1))])
     assert unsupported(opt) == "optimizer RMSprop"
+
+
+def test_sgd_fast_path_when_every_client_updates_everything():
+    gen = torch.Generator().manual_seed(1)
+    c = 4
+    start = torch.randn(3, 2, generator=gen)
+    grads = [torch.randn(c, 3, 2, generator=gen) for _ in range(3)]
+    ref = []
+    for j in range(c):
+        w = torch.nn.Parameter(start.clone())
+        opt = _torch_opt("sgd", [w])
+        for g in grads:
+            w.grad = g[j].clone()
+            opt.step()
+        ref.append(w.detach())
+    stacked = {"w": start.unsqueeze(0).repeat(c, 1, 1)}
+    vopt = VectorOptimizer(settings_of(_torch_opt("sgd", [torch.nn.Parameter(torch.zeros(1))])), stacked)
+    with torch.no_grad():
+        for g in grads:
+            vopt.step(stacked, {"w": g}, torch.ones(c, dtype=torch.bool))
+    for j in range(c):
+        torch.testing.assert_close(stacked["w"][j], ref[j], rtol=0, atol=1e-6)

@@ -75,9 +75,27 @@ class VectorOptimizer:
 
     def step(self, params: Tensors, grads: Mapping[str, torch.Tensor], active: torch.Tensor,
              updated: Mapping[str, torch.Tensor] | None = None) -> None:
+        if self.s.kind == "sgd" and not updated and bool(active.all()):
+            self._sgd_all(params, grads)
+            return
         for n, p in params.items():
             keep = active if updated is None or n not in updated else active & updated[n]
             self._one(p, grads[n], self.state[n], keep)
+
+    def _sgd_all(self, params: Tensors, grads: Mapping[str, torch.Tensor]) -> None:
+        """SGD when every client updates every parameter: ``torch.optim.SGD``'s ``_foreach`` arithmetic."""
+        s = self.s
+        names = list(params)
+        p = [params[n] for n in names]
+        g = [grads[n] for n in names]
+        if s.weight_decay:
+            g = torch._foreach_add(g, p, alpha=s.weight_decay)
+        if s.momentum:
+            b = [self.state[n]["buf"] for n in names]
+            torch._foreach_mul_(b, s.momentum)
+            torch._foreach_add_(b, g)
+            g = b
+        torch._foreach_add_(p, g, alpha=-s.lr)
 
     def _one(self, p: torch.Tensor, g: torch.Tensor, st: Tensors, keep: torch.Tensor) -> None:
         s = self.s
