@@ -73,3 +73,14 @@ def test_sgd_fast_path_when_every_client_updates_everything():
             vopt.step(stacked, {"w": g}, torch.ones(c, dtype=torch.bool))
     for j in range(c):
         torch.testing.assert_close(stacked["w"][j], ref[j], rtol=0, atol=1e-6)
+
+
+def test_chunks_group_clients_of_similar_length():
+    from mmfl.engine.vectorized.batches import plan_chunks
+
+    assert plan_chunks([4] * 5, 64) == [[0, 1, 2, 3, 4]]  # equal clients: one chunk
+    assert plan_chunks([4] * 5, 2) == [[0, 1], [2, 3], [4]]  # at most max_chunk clients
+    chunks = plan_chunks([5, 5, 10, 10, 5, 15], 64)  # skewed: at most 25% padding in each chunk
+    assert chunks == [[0, 1, 4], [2, 3, 5]]
+    assert plan_chunks([1, 1, 1, 8], 64) == [[0, 1, 2], [3]]
+    assert sorted(i for c in chunks for i in c) == list(range(6))

@@ -37,6 +37,7 @@ import torch
 from mmfl.config import ExperimentConfig
 from mmfl.data.dataset import DataSpec, MultimodalDataset
 from mmfl.engine.resources import device_of, resources_for
+from mmfl.engine.vectorized.batches import num_local_steps, plan_chunks
 from mmfl.engine.vectorized.method_trainer import method_trainer_for
 from mmfl.engine.vectorized.stack import ClientStack
 from mmfl.engine.vectorized.step import SGDSettings
@@ -218,10 +219,9 @@ def train_clients(trainer: VectorTrainer, cfg: ExperimentConfig, state: RoundSta
     # Clients of similar size share a chunk, so few steps are padding; results keep the given order.
     # Chunks are queued without waiting for the device: the host prepares the next chunk while the
     # device trains the previous one, and everything is read back once at the end.
-    by_size = sorted(range(len(client_ids)), key=lambda i: len(shards[client_ids[i]]))
+    local_steps = [num_local_steps(len(shards[c]), t.batch_size, t.local_epochs) for c in client_ids]
     chunks = []
-    for start in range(0, len(by_size), t.vector_chunk):
-        positions = by_size[start : start + t.vector_chunk]
+    for positions in plan_chunks(local_steps, t.vector_chunk):
         ids = [client_ids[i] for i in positions]
         seeds = [Context(cfg, spec, round_index, cid).seed() for cid in ids]
         result = trainer.train_chunk([shards[cid] for cid in ids], seeds, t.batch_size, t.local_epochs)

@@ -145,3 +145,31 @@ def build_chunk_batches(
 
 def num_local_steps(n: int, batch_size: int, epochs: int) -> int:
     return epochs * math.ceil(n / batch_size)
+
+
+def plan_chunks(steps: Sequence[int], max_chunk: int, waste: float = 0.25) -> list[list[int]]:
+    """Positions of clients (with ``steps`` local steps each) grouped into chunks trained together.
+
+    Clients are taken in order of their number of steps; a chunk holds at most ``max_chunk``
+    clients and is closed before a client whose addition would make more than ``waste`` of the
+    chunk's client-steps padding (a client with fewer steps than the chunk's longest idles
+    through the rest, at full cost). Equal clients (the common case of a balanced partition)
+    share one chunk; a skewed partition gets a few chunks of similar clients instead of one
+    chunk in which the small clients mostly pad.
+    """
+    order = sorted(range(len(steps)), key=lambda i: steps[i])
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for i in order:
+        s = max(int(steps[i]), 1)
+        if current:
+            slots = (len(current) + 1) * s  # the newcomer has the most steps: it sets the chunk's length
+            if len(current) >= max_chunk or slots - (total + s) > waste * slots:
+                chunks.append(current)
+                current, total = [], 0
+        current.append(i)
+        total += s
+    if current:
+        chunks.append(current)
+    return chunks

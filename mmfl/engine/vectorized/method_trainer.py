@@ -37,7 +37,7 @@ from torch.func import functional_call
 from mmfl.config import ExperimentConfig
 from mmfl.data.dataset import DataSpec, MultimodalDataset
 from mmfl.engine.resources import device_of, resources_for
-from mmfl.engine.vectorized.batches import chunk_schedule, gather_rows
+from mmfl.engine.vectorized.batches import chunk_schedule, gather_rows, num_local_steps, plan_chunks
 from mmfl.engine.vectorized.optim import VectorOptimizer, settings_of, unsupported
 from mmfl.engine.vectorized.probe import static_reason
 from mmfl.engine.vectorized.stack import ClientStack
@@ -232,11 +232,12 @@ class MethodTrainer:
         ctxs = {cid: self.context(cid) for cid in client_ids}
         data = {cid: self.method.local_data(self.model, self.method.training_shard(shards[cid], ctxs[cid]),
                                             state, ctxs[cid]) for cid in client_ids}
-        by_size = sorted(range(len(client_ids)), key=lambda i: len(data[client_ids[i]]))
+        m = self.method
+        local_steps = [num_local_steps(len(data[c]), m.local_batch_size(ctxs[c], len(data[c])), m.local_epochs(ctxs[c]))
+                       for c in client_ids]
         out: dict[int, ClientUpdate] = {}
         t0 = time.perf_counter()
-        for start in range(0, len(by_size), cfg.train.vector_chunk):
-            positions = by_size[start : start + cfg.train.vector_chunk]
+        for positions in plan_chunks(local_steps, cfg.train.vector_chunk):
             ids = [client_ids[i] for i in positions]
             for pos, update in zip(positions, self._chunk(ids, shards, data, ctxs)):
                 out[pos] = update
