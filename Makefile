@@ -139,6 +139,11 @@ bench: install $(BENCH_STAMP)
 	PYTHONPATH=$(CURDIR) $(PY) -m bench.vectorized --out docs/benchmarks.md --pfl-python $(BENCH_VENV)/bin/python
 	PYTHONPATH=$(CURDIR) $(PY) -m bench.cross_device --out docs/benchmarks.md
 
+## bench-make-run: `make run` with the default engine vs the per-client loop (same run), into docs/benchmarks.md
+.PHONY: bench-make-run
+bench-make-run: install
+	PYTHONPATH=$(CURDIR) $(PY) -m bench.make_run --out docs/benchmarks.md
+
 ## bench-cross-device: time per round and peak memory at 1,000 / 10,000 / 100,000 clients, 1% sampled
 bench-cross-device: install
 	PYTHONPATH=$(CURDIR) $(PY) -m bench.cross_device --out docs/benchmarks.md
