@@ -138,6 +138,7 @@ $(BENCH_STAMP): bench/requirements.txt $(STAMP)
 bench: install $(BENCH_STAMP)
 	PYTHONPATH=$(CURDIR) $(PY) -m bench.vectorized --out docs/benchmarks.md --pfl-python $(BENCH_VENV)/bin/python
 	PYTHONPATH=$(CURDIR) $(PY) -m bench.cross_device --out docs/benchmarks.md
+	PYTHONPATH=$(CURDIR) $(PY) -m bench.make_run --out docs/benchmarks.md
 
 ## bench-make-run: `make run` with the default engine vs the per-client loop (same run), into docs/benchmarks.md
 .PHONY: bench-make-run
