@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/quickstart.yaml
-HELM := .tools/helm
+HELM := .tools/helm/bin/helm
 CHECKOV := .tools/checkov/bin/checkov
 
 .PHONY: install run test clean bench
@@ -56,12 +56,13 @@ GRID ?= --method fedavg --method zerofill --method fedprox --rate 0.3 --rate 0.6
 
 .PHONY: compile images image-check deploy submit schedule
 
-$(HELM): scripts/get-helm.sh
-	bash scripts/get-helm.sh $(PYTHON)
+# pinned tools, each in its own venv .tools/<name> from requirements-<name>.lock (scripts/get-tool.sh)
+$(HELM): scripts/get-tool.sh requirements-helm.lock scripts/finish-helm.py
+	bash scripts/get-tool.sh helm $(PYTHON)
 
-# checkov (tests/test_chart.py) in its own venv: its pins conflict with requirements.lock
-$(CHECKOV): scripts/get-checkov.sh requirements-checkov.lock
-	bash scripts/get-checkov.sh $(PYTHON)
+# checkov (tests/test_chart.py): its pins conflict with requirements.lock
+$(CHECKOV): scripts/get-tool.sh requirements-checkov.lock
+	bash scripts/get-tool.sh checkov $(PYTHON)
 
 ## compile: experiment and benchmark pipelines as KFP v2 YAML in build/pipelines
 compile: install
