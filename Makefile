@@ -133,16 +133,21 @@ $(BENCH_STAMP): bench/requirements.txt $(STAMP)
 	$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check -r bench/requirements.txt $(QUIET)
 	touch $@
 
-.PHONY: bench-cross-device
+.PHONY: bench-cross-device bench-pipeline
 
-## bench: vectorized client engine vs per-client loop vs Flower vs pfl-research; cross-device scaling; docs/benchmarks.md
+## bench: vectorized client engine vs per-client loop vs Flower vs pfl-research; cross-device scaling; pipeline overhead; docs/benchmarks.md
 bench: install $(BENCH_STAMP)
 	PYTHONPATH=$(CURDIR) $(PY) -m bench.vectorized --out docs/benchmarks.md --pfl-python $(BENCH_VENV)/bin/python
 	PYTHONPATH=$(CURDIR) $(PY) -m bench.cross_device --out docs/benchmarks.md
+	$(MAKE) bench-pipeline
 
 ## bench-cross-device: time per round and peak memory at 1,000 / 10,000 / 100,000 clients, 1% sampled
 bench-cross-device: install
 	PYTHONPATH=$(CURDIR) $(PY) -m bench.cross_device --out docs/benchmarks.md
+
+## bench-pipeline: per-round time of the experiment pipeline under kfp.local (K = 1 and the default K) vs the local engine
+bench-pipeline: install
+	PYTHONPATH=$(CURDIR) $(PY) -m bench.pipeline_overhead --out docs/benchmarks.md
 
 ## bench-robust: accuracy with 0-40% Byzantine clients for each aggregation rule; writes docs/reliability.md
 .PHONY: bench-robust
