@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/quickstart.yaml
-HELM := .tools/helm
+HELM := .tools/helm/bin/helm
 CHECKOV := .tools/checkov/bin/checkov
 
 .PHONY: install run test clean bench
@@ -56,12 +56,13 @@ GRID ?= --method fedavg --method zerofill --method fedprox --rate 0.3 --rate 0.6
 
 .PHONY: compile images image-check deploy submit schedule
 
-$(HELM): scripts/get-helm.sh
-	bash scripts/get-helm.sh $(PYTHON)
+# pinned tools, each in its own venv .tools/<name> from requirements-<name>.lock (scripts/get-tool.sh)
+$(HELM): scripts/get-tool.sh requirements-helm.lock scripts/finish-helm.py
+	bash scripts/get-tool.sh helm $(PYTHON)
 
-# checkov (tests/test_chart.py) in its own venv: its pins conflict with requirements.lock
-$(CHECKOV): scripts/get-checkov.sh requirements-checkov.lock
-	bash scripts/get-checkov.sh $(PYTHON)
+# checkov (tests/test_chart.py): its pins conflict with requirements.lock
+$(CHECKOV): scripts/get-tool.sh requirements-checkov.lock
+	bash scripts/get-tool.sh checkov $(PYTHON)
 
 ## compile: experiment and benchmark pipelines as KFP v2 YAML in build/pipelines
 compile: install
@@ -132,13 +133,14 @@ $(BENCH_STAMP): bench/requirements.txt $(STAMP)
 	$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check -r bench/requirements.txt $(QUIET)
 	touch $@
 
-.PHONY: bench-cross-device
+.PHONY: bench-cross-device bench-pipeline
 
-## bench: vectorized client engine vs per-client loop vs Flower vs pfl-research; cross-device scaling; docs/benchmarks.md
+## bench: vectorized client engine vs per-client loop vs Flower vs pfl-research; cross-device scaling; pipeline overhead; docs/benchmarks.md
 bench: install $(BENCH_STAMP)
 	PYTHONPATH=$(CURDIR) $(PY) -m bench.vectorized --out docs/benchmarks.md --pfl-python $(BENCH_VENV)/bin/python
 	PYTHONPATH=$(CURDIR) $(PY) -m bench.cross_device --out docs/benchmarks.md
 	PYTHONPATH=$(CURDIR) $(PY) -m bench.make_run --out docs/benchmarks.md
+	$(MAKE) bench-pipeline
 
 ## bench-make-run: `make run` with the default engine vs the per-client loop (same run), into docs/benchmarks.md
 .PHONY: bench-make-run
@@ -148,6 +150,10 @@ bench-make-run: install
 ## bench-cross-device: time per round and peak memory at 1,000 / 10,000 / 100,000 clients, 1% sampled
 bench-cross-device: install
 	PYTHONPATH=$(CURDIR) $(PY) -m bench.cross_device --out docs/benchmarks.md
+
+## bench-pipeline: per-round time of the experiment pipeline under kfp.local (K = 1 and the default K) vs the local engine
+bench-pipeline: install
+	PYTHONPATH=$(CURDIR) $(PY) -m bench.pipeline_overhead --out docs/benchmarks.md
 
 ## bench-robust: accuracy with 0-40% Byzantine clients for each aggregation rule; writes docs/reliability.md
 .PHONY: bench-robust

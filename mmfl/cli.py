@@ -92,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         tracking = configs[0].tracking
         tracker = MlflowTracker(tracking.uri, tracking.experiment)
-        parent = start_comparison(tracker, f"{configs[0].name} comparison", rows, patterns, runs,
+        parent = start_comparison(tracker, f"{configs[0].name} comparison", runs,
                                   params={"data": configs[0].data.name, "rounds": configs[0].train.rounds})
         tracker.finish("FINISHED")
         console.print(f"comparison run {parent} (the {len(runs)} experiments nested under it)")
@@ -130,7 +130,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from rich.table import Table
 
-    from mmfl.comparison import compare, figure_name, plot_pattern, to_csv, to_html, to_markdown
+    from mmfl.comparison import FINAL_FIGURE, compare, figure_name, plot_final, plot_pattern, to_csv, to_html, to_markdown
     from mmfl.io.runs import experiment_runs, log_comparison
 
     runs, left_out = experiment_runs(args.tracking_uri, args.experiment)
@@ -156,7 +156,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             console.print("settings that differ between the rows: " + ", ".join(comp.varying))
         for note in comp.notes:
             console.print(f"note: {note}")
-    figures = {figure_name(p): plot_pattern(comp, p) for p in comp.patterns}
+    figures = {FINAL_FIGURE: plot_final(comp, f"{args.experiment}: {len(comp.groups)} groups"),
+               **{figure_name(p): plot_pattern(comp, p) for p in comp.patterns}}
     files = {"report.md": to_markdown(comp), "report.csv": to_csv(comp),
              "report.html": to_html(comp, f"mmfl report: {args.experiment}", list(figures))}
     if args.out:
@@ -168,9 +169,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             fig.savefig(out / name)
         print(f"report written to {out}/ ({', '.join([*files, *figures])})", file=sys.stderr)
     if not args.no_mlflow:
-        records = comp.records()
-        table_cols = {k: [r.get(k) for r in records] for k in dict.fromkeys(k for r in records for k in r)}
-        run_id = log_comparison(args.tracking_uri, args.experiment, files, figures, table_cols,
+        run_id = log_comparison(args.tracking_uri, args.experiment, files, figures, comp.columns(),
                                 {"baseline": args.baseline or "", "where": " ".join(args.where or []),
                                  "metric": args.metric, "groups": str(len(comp.groups)),
                                  "varying": ", ".join(comp.varying)})

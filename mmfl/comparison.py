@@ -11,6 +11,9 @@ statistics can be checked by hand:
   between the shown groups, mean ± sample std (n - 1) over seeds and the seed count per test
   pattern, and paired differences against a baseline method (same settings except ``method.*``,
   paired by seed) with wins / losses / ties.
+- ``plot_final`` (final metric per test pattern and group) and ``plot_pattern`` (metric vs round
+  and vs cost) draw it; a multi-method run's parent run (``engine/comparison.py``) logs the same
+  table and final plot.
 - Everything left out (unfinished runs, older runs of the same experiment and seed, runs not
   matching a filter, groups beyond a limit) is counted in ``Comparison.notes``.
 """
@@ -325,6 +328,11 @@ class Comparison:
             rows.append(row)
         return rows
 
+    def columns(self) -> dict[str, list]:
+        """``records`` column by column (an MLflow table)."""
+        records = self.records()
+        return {k: [r.get(k) for r in records] for k in dict.fromkeys(k for r in records for k in r)}
+
     def unequal_budgets(self) -> bool:
         return len({budget_label(g) for g in self.groups}) > 1
 
@@ -473,6 +481,33 @@ def figure_name(pattern: str) -> str:
     return "accuracy_" + re.sub(r"[^A-Za-z0-9._-]+", "_", pattern) + ".png"
 
 
+FINAL_FIGURE = "final_accuracy.png"
+
+
+def plot_final(comp: Comparison, title: str):
+    """The final metric per test pattern (mean over seeds, error bar: ± std), one bar per group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    patterns, groups = comp.patterns, comp.groups
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(patterns) * max(1, len(groups))), 3.8), dpi=100,
+                           layout="constrained")
+    width = 0.8 / max(1, len(groups))
+    for i, g in enumerate(groups):
+        stats = [comp.stat(g, p) for p in patterns]
+        ax.bar([j + i * width for j in range(len(patterns))], [s.mean for s in stats], width,
+               yerr=[0 if math.isnan(s.std) else s.std for s in stats], capsize=2,
+               label=f"{comp.label(g)} (n={len(g.runs)})")
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(patterns))], patterns)
+    ax.set(ylabel=f"final test {comp.metric}", ylim=(0, 1), title=title)
+    ax.grid(axis="y", alpha=0.3)
+    if groups:
+        ax.legend(fontsize=7)
+    return fig
+
+
 def plot_pattern(comp: Comparison, pattern: str, cost: str | None = None):
     """Accuracy vs round (mean over seeds, band: ± std) and accuracy vs cost, one line/point per group."""
     import matplotlib
@@ -516,5 +551,6 @@ def plot_pattern(comp: Comparison, pattern: str, cost: str | None = None):
     return fig
 
 
-__all__ = ["Comparison", "Group", "Paired", "Run", "Stat", "compare", "derived_costs", "differing", "figure_name",
-           "group_runs", "paired", "plot_pattern", "select", "summarize", "to_csv", "to_html", "to_markdown"]
+__all__ = ["FINAL_FIGURE", "Comparison", "Group", "Paired", "Run", "Stat", "compare", "derived_costs", "differing",
+           "figure_name", "group_runs", "paired", "plot_final", "plot_pattern", "select", "summarize", "to_csv",
+           "to_html", "to_markdown"]

@@ -400,16 +400,45 @@ class ReliabilityConfig(_Strict):
     fault_injection: list[FaultSpec] = Field(default_factory=list)
 
 
-# What does not change the computed result: left out of the experiment id and of report grouping.
-NON_RESULT_SECTIONS = ("storage", "tracking", "eval", "reliability", "methods")
-EXECUTION_SETTINGS = ("train.device", "train.vector_chunk", "train.compile", "train.threads")
+# Which settings make up the results: every dotted setting is in one of four groups (see
+# docs/configuration.md), the single rule behind the experiment id, report grouping and the stored
+# manifest (mmfl/engine/identity.py).
+EXECUTION_SETTINGS = ("storage", "train.device", "train.vector_chunk", "train.compile", "train.threads")
+EVAL_SETTINGS = ("eval",)
+TRACKING_SETTINGS = ("tracking",)
+# Result settings the experiment id does not hash: ``reliability`` joined the results after ids
+# existed (ids stay stable; the manifest records it) and ``methods`` is folded into method.params.
+UNHASHED_RESULT_SETTINGS = ("reliability", "methods")
+
+
+def _under(dotted: str, keys: tuple[str, ...]) -> bool:
+    return any(dotted == key or dotted.startswith(key + ".") for key in keys)
+
+
+def setting_group(dotted: str) -> Literal["result", "eval", "tracking", "execution"]:
+    """The group of the dotted config key (e.g. ``train.lr``): ``execution`` (where and how fast,
+    never what), ``eval``, ``tracking`` or ``result`` (everything that changes the trained weights)."""
+    if _under(dotted, EXECUTION_SETTINGS):
+        return "execution"
+    if _under(dotted, EVAL_SETTINGS):
+        return "eval"
+    if _under(dotted, TRACKING_SETTINGS):
+        return "tracking"
+    return "result"
 
 
 def is_result_setting(dotted: str) -> bool:
-    """Whether the dotted config key (e.g. ``train.lr``) changes what an experiment computes."""
-    section = dotted.split(".", 1)[0]
-    return section not in NON_RESULT_SECTIONS and not any(
-        dotted == key or dotted.startswith(key + ".") for key in EXECUTION_SETTINGS)
+    """Whether the dotted config key changes what an experiment computes and the experiment id hashes
+    it (report grouping uses the same keys): a ``result`` setting outside ``UNHASHED_RESULT_SETTINGS``."""
+    return setting_group(dotted) == "result" and not _under(dotted, UNHASHED_RESULT_SETTINGS)
+
+
+def _hashed(node: Any, prefix: str = "") -> Any:
+    """``node`` (a nested config dump) without the keys ``is_result_setting`` leaves out."""
+    if not isinstance(node, dict):
+        return node
+    return {key: _hashed(value, f"{prefix}{key}.") for key, value in node.items()
+            if is_result_setting(f"{prefix}{key}")}
 
 
 class ExperimentConfig(_Strict):
@@ -477,10 +506,7 @@ class ExperimentConfig(_Strict):
         """
         if self.method.resolution is None:
             raise RuntimeError("experiment_id() before mmfl.methods.resolve(cfg): method params are not validated yet")
-        payload = self.model_dump(exclude=set(NON_RESULT_SECTIONS))
-        for key in EXECUTION_SETTINGS:  # execution settings; results are the same
-            section, field = key.split(".")
-            payload[section].pop(field, None)
+        payload = _hashed(self.model_dump())
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"{self.name}-{self.method.name}-{digest}"
 

@@ -16,7 +16,7 @@ from mmfl.config import ExperimentConfig
 from mmfl.engine import steps
 from mmfl.errors import ConfigError
 
-# Chosen from the per-task overhead measured under kfp.local (docs/kubeflow.md, bench/kfp_overhead.py):
+# Chosen from the per-task overhead measured under kfp.local (docs/kubeflow.md, bench/pipeline_overhead.py):
 # about 35 s per task against about 7.6 s per quickstart round on the shared 2-core machine, so K = 25
 # keeps the start-up under 20 % of a task even for the smallest model; a retried task loses at most
 # the round in flight (each round is checkpointed).

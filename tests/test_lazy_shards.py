@@ -62,3 +62,19 @@ def test_only_the_most_recent_shards_are_kept(tmp_path):
     assert shards[1] is shards[1] and shards.materialized == {0: 1, 1: 1, 2: 1}
     shards[0]
     assert shards.materialized[0] == 2 and len(shards._recent) == 2
+
+
+def test_the_k_rounds_task_reads_a_client_from_the_store_only_when_sampled(tmp_path):
+    """The pipeline's shards are ClientShards too: sizes from sizes.json, each shard read when indexed."""
+    from mmfl.io import store_of
+    from mmfl.kfp.tasks import ensure_data, stored_shards
+
+    cfg = _cfg(tmp_path)
+    store = store_of(cfg.storage)
+    ensure_data(cfg, store)
+    shards = stored_shards(store, cfg.experiment_id(), cfg.partition.num_clients)
+    eager = build_federated_data(cfg).clients
+    assert [shards.size(k) for k in range(len(shards))] == [len(eager[k]) for k in range(len(eager))]
+    assert shards.materialized == {}
+    assert torch.equal(shards[3].labels, eager[3].labels) and torch.equal(shards[3].present, eager[3].present)
+    assert shards.materialized == {3: 1}

@@ -80,8 +80,8 @@ def test_report_groups_two_settings_over_three_seeds(tmp_path, mlflow_uri):
     assert float(p2["cost/wall_s/mean"]) > 0 and float(p2["cost/client_updates_per_s/mean"]) > 0
     assert float(p2["cost/peak_rss_mb/mean"]) > 50
     # the files and one figure per test pattern, also logged to MLflow as a comparison run
-    assert sorted(p.name for p in out.iterdir()) == ["accuracy_full.png", "accuracy_only_a.png", "report.csv",
-                                                     "report.html", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["accuracy_full.png", "accuracy_only_a.png", "final_accuracy.png",
+                                                     "report.csv", "report.html", "report.md"]
     assert (out / "accuracy_full.png").stat().st_size > 10_000
     md = (out / "report.md").read_text()
     assert "Settings that differ between the rows: method.name, train.local_epochs" in md
@@ -91,7 +91,7 @@ def test_report_groups_two_settings_over_three_seeds(tmp_path, mlflow_uri):
     (comparison,) = client.search_runs([exp.experiment_id], "tags.`mmfl.kind` = 'comparison'")
     logged = {a.path for a in client.list_artifacts(comparison.info.run_id)}
     assert {"report.md", "report.csv", "report.html", "accuracy_full.png", "accuracy_only_a.png",
-            "comparison.json"} <= logged
+            "final_accuracy.png", "comparison.json"} <= logged
     # a second report does not count the comparison run as an experiment; a filter leaves runs out, and says so
     again = _mmfl(["report", "--tracking-uri", mlflow_uri, "--experiment", experiment, "--where",
                    "train.local_epochs=5", "--format", "markdown", "--no-mlflow"], tmp_path)

@@ -33,6 +33,25 @@ def test_manifest_groups_every_setting(tmp_path):
                    for k in m[group])
 
 
+def test_experiment_id_and_manifest_share_one_rule(tmp_path):
+    """Every manifest result setting the id hashes changes the id; every other setting does not."""
+    from mmfl.config import is_result_setting, setting_group
+
+    cfg = parse_experiment(tiny_config_dict(tmp_path))
+    m = identity.manifest(cfg)
+    for group in ("result", "eval", "tracking"):
+        assert all(setting_group(k) == group for k in m[group])
+    hashed = {k for k in m["result"] if is_result_setting(k)}
+    assert hashed and hashed < set(m["result"])
+    assert {k.split(".")[0] for k in set(m["result"]) - hashed} <= {"reliability", "methods"}
+    assert not any(is_result_setting(k) for group in ("eval", "tracking") for k in m[group])
+    moved = parse_experiment(tiny_config_dict(tmp_path, train={"lr": 0.123}, eval={"every": 3},
+                                              reliability={"quorum": 0.9}))
+    assert moved.experiment_id() != cfg.experiment_id()
+    assert parse_experiment(tiny_config_dict(tmp_path, eval={"every": 3}, reliability={"quorum": 0.9})
+                            ).experiment_id() == cfg.experiment_id()
+
+
 def test_poisoned_then_clean_rerun_is_refused_or_recomputed_never_reused(tmp_path, capsys):
     poisoned = tiny_config_dict(tmp_path, reliability={"fault_injection": FLIP})
     path = tmp_path / "poisoned.json"

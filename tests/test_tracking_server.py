@@ -42,3 +42,12 @@ def test_a_multi_method_run_is_a_dated_parent_with_the_experiments_nested(tmp_pa
     assert sorted(r.data.tags["mmfl.method"] for r in children) == ["fedavg", "zerofill"]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"comparison_table.json", "comparison_accuracy.png", "comparison_runs.json"} <= artifacts
+    # the report's table over the nested runs: one seed each, so the mean is each run's final accuracy
+    import json
+
+    table = json.loads(open(client.download_artifacts(parent.info.run_id, "comparison_table.json", str(tmp_path))).read())
+    rows = {r[table["columns"].index("method")]: dict(zip(table["columns"], r)) for r in table["data"]}
+    assert sorted(rows) == ["fedavg", "zerofill"]
+    for child in children:
+        row = rows[child.data.tags["mmfl.method"]]
+        assert row["seeds"] == 1 and row["acc/full/mean"] == child.data.metrics["acc/full"]

@@ -1,6 +1,7 @@
 """Run identity: which settings make up an experiment's results, stored once, checked on every re-run.
 
-Every setting falls into one of four groups:
+Every setting falls into one of four groups (``mmfl.config.setting_group``, the rule the
+experiment id and report grouping use too):
 
 - **result**: anything that changes the trained weights or the numbers: data, partition,
   missing, model, method, seed, the training settings and every ``reliability.*`` setting
@@ -26,13 +27,10 @@ import hashlib
 import json
 from typing import Any
 
-from mmfl.config import ExperimentConfig
+from mmfl.config import ExperimentConfig, setting_group
 from mmfl.errors import ConfigError
 
 MANIFEST_VERSION = 1
-EXECUTION = ("storage", "train.device", "train.vector_chunk", "train.compile", "train.threads")
-EVAL = ("eval",)
-TRACKING = ("tracking",)
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -43,10 +41,6 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
             out.update(flatten(value, f"{prefix}{key}."))
         return out
     return {prefix[:-1]: node}
-
-
-def _under(field: str, groups: tuple[str, ...]) -> bool:
-    return any(field == g or field.startswith(g + ".") for g in groups)
 
 
 def result_faults(config: dict[str, Any]) -> list[Any]:
@@ -65,10 +59,9 @@ def split_settings(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
         flat["reliability.fault_injection"] = result_faults(config)
     groups: dict[str, dict[str, Any]] = {"result": {}, "eval": {}, "tracking": {}}
     for field, value in sorted(flat.items()):
-        if _under(field, EXECUTION):
-            continue
-        group = "eval" if _under(field, EVAL) else "tracking" if _under(field, TRACKING) else "result"
-        groups[group][field] = value
+        group = setting_group(field)
+        if group != "execution":
+            groups[group][field] = value
     return groups
 
 

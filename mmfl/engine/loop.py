@@ -83,9 +83,7 @@ def _run_locked(cfg: ExperimentConfig, store: ArtifactStore, tracker: Any, on_ro
     data = data if data is not None else steps.prepare_data(cfg)
     patterns = eval_patterns(data.spec.names, cfg.eval.patterns)
     shards = data.clients  # built per client when a round samples it
-    # what the server knows of each shard (lazy shards know their sizes without being built)
-    sizes = ({cid: shards.size(cid) for cid in range(len(shards))} if hasattr(shards, "size")
-             else {cid: len(shard) for cid, shard in enumerate(shards)})
+    sizes = {cid: shards.size(cid) for cid in range(len(shards))}  # known without building the shards
     start, state = session.begin(data.spec)
     if start:
         session.evaluate_missing(data.test, start)

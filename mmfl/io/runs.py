@@ -77,6 +77,11 @@ def _run_record(client, run) -> Run:
     )
 
 
+def run_records(client, run_ids: list[str]) -> list[Run]:
+    """The runs ``run_ids`` (an ``MlflowClient``'s) as the report sees them."""
+    return [_run_record(client, client.get_run(run_id)) for run_id in run_ids]
+
+
 def experiment_runs(uri: str | None, experiment: str) -> tuple[list[Run], dict[str, int]]:
     """Every finished experiment run of ``experiment`` (all pages), and counts of those left out by kind."""
     client = _client(uri)

