@@ -13,8 +13,10 @@ def weighted_mean(tensors: Sequence[Mapping[str, torch.Tensor]], weights: Sequen
     """sum_k w_k * t_k / sum_k w_k for every key; all mappings must share keys and shapes.
 
     Accumulates in float64. Plain dicts are added one client at a time (no clients x params
-    stack in memory); ``StackedRow``s (clients trained together on stacked parameters) are
-    reduced group by group where the stack lives, without copying each client's weights to the host.
+    stack in memory); consecutive ``StackedRow``s of one stack (clients trained together on stacked
+    parameters) are reduced together where the stack lives, without copying each client's weights
+    to the host. Rows are added in the given order, so the result does not depend on how the
+    clients were grouped for training.
     """
     if not tensors:
         raise ValueError("weighted_mean needs at least one parameter set")
@@ -36,15 +38,25 @@ def weighted_mean(tensors: Sequence[Mapping[str, torch.Tensor]], weights: Sequen
     fractions = [float(x) / total for x in weights]
     first = tensors[0]
     acc = {key: torch.zeros(shape_dtype(first, key)[0], dtype=torch.float64) for key in keys}
-    groups: dict[object, tuple[list[StackedRow], list[float]]] = {}
+    # Rows are added in the given order, so that the result rounds the same however the clients were
+    # trained (one stack, several stacks or plain dicts); consecutive rows of one stack are reduced
+    # together where the stack lives.
+    run: tuple[object, list[StackedRow], list[float]] | None = None
     for frac, t in zip(fractions, tensors):
         if isinstance(t, StackedRow):
-            views, fracs = groups.setdefault(t.group, ([], []))
-            views.append(t)
-            fracs.append(frac)
+            if run is not None and run[0] == t.group:
+                run[1].append(t)
+                run[2].append(frac)
+                continue
+            if run is not None:
+                type(run[1][0]).accumulate(acc, run[1], run[2])
+            run = (t.group, [t], [frac])
             continue
+        if run is not None:
+            type(run[1][0]).accumulate(acc, run[1], run[2])
+            run = None
         for key in keys:
             acc[key].add_(t[key].to(device="cpu", dtype=torch.float64), alpha=frac)
-    for views, fracs in groups.values():
-        type(views[0]).accumulate(acc, views, fracs)
+    if run is not None:
+        type(run[1][0]).accumulate(acc, run[1], run[2])
     return {key: acc[key].to(shape_dtype(first, key)[1]) for key in keys}
