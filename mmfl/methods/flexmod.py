@@ -15,7 +15,10 @@ Per round (server, schedule step):
      ``sum_S x_S cost(S) <= budget * cost(all)``, cost(S) the sum of the measured training FLOPs
      (backward pass) of S's encoders (``cost: flops``; ``cost: count`` counts encoders instead).
 Clients then train combinations in cardinality order (largest first); in a step for S only the
-encoders of S get gradients (the others run without autograd), fusion and head always train.
+encoders of S are updated, fusion and head always train. The step plan is a per-step mask
+(``LocalData.per_step``), so the vectorized engine trains many clients' plans together: the
+untrained encoders' embeddings are detached and ``updated_params`` leaves their parameters (and
+optimiser state) untouched; one client at a time they run without autograd.
 Each client reports encoder updates (one per encoder per step), encoder FLOPs (every encoder's
 forward plus the trained encoders' backward, ``scheduling/costs.py``) and its training wall time.
 
@@ -30,17 +33,19 @@ the same every round) is held out from training; the server never sees data.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-from torch.nn import functional as F
 
 from mmfl.config import ExperimentConfig
 from mmfl.data.dataset import DataSpec, MultimodalDataset
-from mmfl.methods.base import NO_RESOURCES, Batch, Context, LocalData, Method, Resources, derive_seed
+from mmfl.methods.base import (
+    NO_RESOURCES, Batch, Context, LocalData, Method, Resources, derive_seed, masked_cross_entropy,
+)
 from mmfl.methods.prototypes import aggregate_prototypes, compute_prototypes, empty_prototypes, proto_keys
 from mmfl.scheduling import (
     DDPGAgent, DDPGConfig, allocate_frequencies, encoder_quality, modality_combinations, normalized_importance,
@@ -116,27 +121,53 @@ def split_validation(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, 
 def subset_accuracies(model: nn.Module, data: MultimodalDataset, names: tuple[str, ...]) -> dict[str, float]:
     """Accuracy with only the modalities of each coalition (the others masked), every coalition."""
     model.eval()
+    device = next(model.parameters()).device
     out = {}
-    inputs = dict(data.inputs)
+    inputs = {k: v.to(device) for k, v in data.inputs.items()}
+    labels = data.labels.to(device)
     for coalition in all_coalitions(len(names)):
         keep = torch.tensor([j in coalition for j in range(len(names))])
-        present = data.present & keep
+        present = (data.present & keep).to(device)
         pred = model(inputs, present).argmax(dim=1)
-        out[coalition_key(coalition, len(names))] = float((pred == data.labels).float().mean()) if len(data) else 0.0
+        out[coalition_key(coalition, len(names))] = float((pred == labels).float().mean()) if len(data) else 0.0
     return out
 
 
-def partial_logits(model: nn.Module, inputs: dict[str, torch.Tensor], present: torch.Tensor, trained: tuple[int, ...]) -> torch.Tensor:
-    """Forward pass in which only the encoders in ``trained`` are part of the autograd graph."""
+def partial_logits(model: nn.Module, inputs: dict[str, torch.Tensor], present: torch.Tensor, trained: torch.Tensor,
+                   concrete: bool = False) -> torch.Tensor:
+    """Forward pass in which only the encoders with ``trained[j]`` (a (M,) bool tensor) pass gradients back.
+
+    Every encoder runs forward (the fusion needs all embeddings); the untrained ones' embeddings
+    are detached (``torch.where``), so their parameters get zero gradients, which ``updated_params``
+    turns into no update at all. This form runs under ``vmap``, where the clients of one step train
+    different encoders. ``concrete`` (the loop: one client, ``trained`` a plain tensor) runs the
+    untrained encoders without autograd instead: the same values and gradients, without their
+    backward pass.
+    """
+    flags = trained.tolist() if concrete else None
     embs = []
     for j, name in enumerate(model.names):
-        if j in trained:
-            embs.append(model.encoders[name](inputs[name]))
-        else:
+        if flags is not None and not flags[j]:
             with torch.no_grad():
                 embs.append(model.encoders[name](inputs[name]))
+            continue
+        emb = model.encoders[name](inputs[name])
+        embs.append(emb if flags is not None else torch.where(trained[j], emb, emb.detach()))
     tokens = model.substitute(torch.stack(embs, dim=1), present)
     return model.head(model.fuse(tokens))
+
+
+def step_masks(shares: np.ndarray, steps: int, costs: list[EncoderCost]) -> dict[str, torch.Tensor]:
+    """The step plan as per-step tensors: ``trained`` (steps, M) bool, the encoders each local step
+    trains (combinations by cardinality, largest first), and ``flops`` (steps,) float64, the encoder
+    FLOPs of that step per sample (every encoder forward, the trained ones backward)."""
+    combos = modality_combinations(len(costs))
+    plan = step_plan(shares, steps)
+    trained = torch.zeros(len(plan), len(costs), dtype=torch.bool)
+    for s, k in enumerate(plan):
+        trained[s, list(combos[k])] = True
+    flops = torch.tensor([step_encoder_flops(costs, combos[k], 1) for k in plan], dtype=torch.float64)
+    return {"trained": trained, "flops": flops}
 
 
 def measured_costs(method: Method, spec: DataSpec, cfg: ExperimentConfig) -> dict[str, dict]:
@@ -159,6 +190,14 @@ def initial_allocation(
     enc = budget_costs(costs, spec.names, p)
     check_feasible(len(spec.names), p.budget, p.min_frequency, enc)
     return costs, allocate_frequencies(weights, len(spec.names), p.budget, p.min_frequency, p.reg, enc)
+
+
+def train_time(metrics: Mapping[str, float], data: LocalData) -> float:
+    """A client's training wall time: the engine's measure when it gives one (clients trained together
+    share their chunk's time), else the time since ``local_data`` began (one client at a time)."""
+    if "train_time_s" in metrics:
+        return float(metrics["train_time_s"])
+    return time.perf_counter() - data.aux["started"]
 
 
 class FlexMod(Method):
@@ -188,44 +227,64 @@ class FlexMod(Method):
         return state
 
     # ---- client ---------------------------------------------------------------------------
-    def client_update(self, state: RoundState, shard: MultimodalDataset, ctx: Context) -> ClientUpdate:
-        p: FlexModParams = ctx.params
-        model = self.load_model(state.model_weights(), ctx)
-        train_idx, val_idx = split_validation(len(shard), p.val_fraction, derive_seed(ctx.cfg.seed, ctx.client_id, 0x7A1))
-        train, val = shard.subset(train_idx), shard.subset(val_idx)
-        if p.val_fraction == 0:
-            train = val = shard
-        values = subset_accuracies(model, val, ctx.spec.names)
-        metrics = self.timed_train_local(model, train, ctx, state)
-        if p.reward == "local":
-            full_key = coalition_key(frozenset(range(len(ctx.spec.names))), len(ctx.spec.names))
-            metrics["val_acc"] = subset_accuracies(model, val, ctx.spec.names)[full_key]
-        metrics.update({f"value/{k}": v for k, v in values.items()})
-        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        return ClientUpdate(ctx.client_id, len(train), {f"model/{k}": v for k, v in weights.items()}, metrics,
-                            {"val_samples": len(val)})
+    # The base class's ``client_update`` (and the vectorized engine) call these hooks: train on the
+    # training part of the shard with the step plan as per-step masks, then report.
+    vectorizable = True
 
-    def timed_train_local(self, model: nn.Module, shard: MultimodalDataset, ctx: Context, state: RoundState) -> dict[str, float]:
-        """``train_local`` plus its wall time (``train_time_s``)."""
-        start = time.perf_counter()
-        metrics = self.train_local(model, shard, ctx, state)
-        return {**metrics, "train_time_s": time.perf_counter() - start}
+    def validation_split(self, shard: MultimodalDataset, ctx: Context) -> tuple[MultimodalDataset, MultimodalDataset]:
+        """(training part, validation part) of a client's shard, fixed per (seed, client)."""
+        p: FlexModParams = ctx.params
+        if p.val_fraction == 0:
+            return shard, shard
+        train_idx, val_idx = split_validation(len(shard), p.val_fraction, derive_seed(ctx.cfg.seed, ctx.client_id, 0x7A1))
+        return shard.subset(train_idx), shard.subset(val_idx)
+
+    def training_shard(self, shard: MultimodalDataset, ctx: Context) -> MultimodalDataset:
+        return self.validation_split(shard, ctx)[0]
+
+    def finish_update(self, state: RoundState, shard: MultimodalDataset, weights: Mapping[str, torch.Tensor],
+                      data: LocalData, metrics: dict[str, float], ctx: Context) -> ClientUpdate:
+        """Validation accuracies of the received global model for every coalition (Shapley values and
+        the reward), with ``reward: local`` also the trained model's; the training wall time."""
+        p: FlexModParams = ctx.params
+        names = ctx.spec.names
+        val = self.validation_split(shard, ctx)[1]
+        metrics = {**metrics, "train_time_s": train_time(metrics, data)}
+        update = ClientUpdate(ctx.client_id, len(data), weights, metrics, {"val_samples": len(val)})
+        values = subset_accuracies(self.eval_model(state.model_weights(), ctx), val, names)
+        if p.reward == "local":
+            full_key = coalition_key(frozenset(range(len(names))), len(names))
+            metrics["val_acc"] = subset_accuracies(self.eval_model(update.model_weights(), ctx), val, names)[full_key]
+        metrics.update({f"value/{k}": v for k, v in values.items()})
+        return update
+
+    def eval_model(self, weights: Mapping[str, torch.Tensor], ctx: Context) -> nn.Module:
+        """A model with ``weights`` for evaluation, built without touching the global random generator."""
+        with torch.random.fork_rng(devices=[]):
+            return self.load_model(weights, ctx)
 
     def local_data(self, model: nn.Module, shard: MultimodalDataset, state: RoundState, ctx: Context) -> LocalData:
-        """The shard plus the step plan: step t updates the encoders of combination plan[t] (largest first)."""
+        """The shard plus the step plan (``step_masks``) as per-step tensors; ``aux`` keeps the start time."""
+        started = time.perf_counter()
         steps = self.local_epochs(ctx) * -(-len(shard) // self.local_batch_size(ctx, len(shard)))
-        plan = step_plan(state.tensors[ALLOC].numpy(), steps)
         costs = state.meta[self.meta_key]["encoder_costs"]
-        return LocalData(dict(shard.inputs), shard.present, shard.labels,
-                         aux={"plan": plan, "combos": modality_combinations(len(ctx.spec.names)),
-                              "costs": [EncoderCost.from_json(costs[n]) for n in ctx.spec.names]})
+        per_step = step_masks(state.tensors[ALLOC].numpy(), steps, [EncoderCost.from_json(costs[n]) for n in ctx.spec.names])
+        return LocalData(dict(shard.inputs), shard.present, shard.labels, aux={"started": started}, per_step=per_step)
 
     def batch_loss(self, model: nn.Module, batch: Batch, state: RoundState, ctx: Context):
-        """Cross-entropy with only the encoders of the step's combination trained; encoder updates and FLOPs."""
-        combo = batch.aux["combos"][batch.aux["plan"][batch.step]]
-        logits = partial_logits(model, batch.inputs, batch.present, combo)
-        return F.cross_entropy(logits, batch.labels), {
-            "encoder_updates": float(len(combo)), "encoder_flops": step_encoder_flops(batch.aux["costs"], combo, len(batch))}
+        """Cross-entropy with only the step's encoders trained; encoder updates and FLOPs (real samples)."""
+        trained = batch.step_data["trained"]
+        logits = partial_logits(model, batch.inputs, batch.present, trained, concrete=batch.weight is None)
+        samples = (torch.tensor(float(len(batch)), dtype=torch.float64) if batch.weight is None
+                   else batch.weight.to(torch.float64).sum())
+        return masked_cross_entropy(logits, batch.labels, batch.weight), {
+            "encoder_updates": trained.to(torch.float64).sum(), "encoder_flops": batch.step_data["flops"] * samples}
+
+    def updated_params(self, model: nn.Module, batch: Batch, ctx: Context) -> Mapping[str, torch.Tensor]:
+        """An encoder's parameters are updated only in the steps that train it (the rest: every step)."""
+        trained = batch.step_data["trained"]
+        return {f"encoders.{n}.{k}": trained[j]
+                for j, n in enumerate(model.names) for k, _ in model.encoders[n].named_parameters()}
 
     def client_prototypes(self, state: RoundState, update: ClientUpdate, shard: MultimodalDataset, ctx: Context):
         model = self.load_model(update.model_weights(), ctx)
@@ -304,4 +363,5 @@ class FlexMod(Method):
         return RoundState(state.round, tensors, {**state.meta, "flexmod": fm})
 
 
-__all__ = ["BudgetParams", "FlexMod", "FlexModParams", "combination_weights", "initial_allocation"]
+__all__ = ["BudgetParams", "FlexMod", "FlexModParams", "combination_weights", "initial_allocation", "partial_logits",
+           "step_masks", "train_time"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -9,8 +10,8 @@ import torch
 
 from mmfl.config import ExperimentConfig
 from mmfl.data.dataset import DataSpec, MultimodalDataset
-from mmfl.methods.base import NO_RESOURCES, Context, Method, Resources
-from mmfl.methods.flexmod import ALLOC, BudgetParams, FlexMod, initial_allocation
+from mmfl.methods.base import NO_RESOURCES, Context, LocalData, Method, Resources
+from mmfl.methods.flexmod import ALLOC, BudgetParams, FlexMod, initial_allocation, train_time
 from mmfl.scheduling import modality_combinations
 from mmfl.state import ClientUpdate, RoundState
 
@@ -40,11 +41,12 @@ class PartialUpdate(FlexMod):
                                      "combinations": [[spec.names[j] for j in c] for c in modality_combinations(m)]}
         return state
 
-    def client_update(self, state: RoundState, shard: MultimodalDataset, ctx: Context) -> ClientUpdate:
-        model = self.load_model(state.model_weights(), ctx)
-        metrics = self.timed_train_local(model, shard, ctx, state)
-        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        return ClientUpdate(ctx.client_id, len(shard), {f"model/{k}": v for k, v in weights.items()}, metrics)
+    def training_shard(self, shard: MultimodalDataset, ctx: Context) -> MultimodalDataset:
+        return shard  # no validation hold-out
+
+    def finish_update(self, state: RoundState, shard: MultimodalDataset, weights: Mapping[str, torch.Tensor],
+                      data: LocalData, metrics: dict[str, float], ctx: Context) -> ClientUpdate:
+        return ClientUpdate(ctx.client_id, len(data), weights, {**metrics, "train_time_s": train_time(metrics, data)})
 
     def aggregate(self, state: RoundState, updates: list[ClientUpdate], ctx: Context) -> RoundState:
         return Method.aggregate(self, state, updates, ctx)
