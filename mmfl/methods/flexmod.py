@@ -192,11 +192,11 @@ def initial_allocation(
     return costs, allocate_frequencies(weights, len(spec.names), p.budget, p.min_frequency, p.reg, enc)
 
 
-def train_time(metrics: Mapping[str, float], data: LocalData) -> float:
-    """A client's training wall time: the engine's measure when it gives one (clients trained together
-    share their chunk's time), else the time since ``local_data`` began (one client at a time)."""
-    if "train_time_s" in metrics:
-        return float(metrics["train_time_s"])
+def train_time(data: LocalData) -> float:
+    """A client's training wall time: the time since ``local_data`` began (one client at a time), or
+    the engine's ``aux["train_time_s"]`` (clients trained together share their chunk's time)."""
+    if "train_time_s" in data.aux:
+        return float(data.aux["train_time_s"])
     return time.perf_counter() - data.aux["started"]
 
 
@@ -249,7 +249,7 @@ class FlexMod(Method):
         p: FlexModParams = ctx.params
         names = ctx.spec.names
         val = self.validation_split(shard, ctx)[1]
-        metrics = {**metrics, "train_time_s": train_time(metrics, data)}
+        metrics = {**metrics, "train_time_s": train_time(data)}
         update = ClientUpdate(ctx.client_id, len(data), weights, metrics, {"val_samples": len(val)})
         values = subset_accuracies(self.eval_model(state.model_weights(), ctx), val, names)
         if p.reward == "local":

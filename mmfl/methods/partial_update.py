@@ -46,7 +46,7 @@ class PartialUpdate(FlexMod):
 
     def finish_update(self, state: RoundState, shard: MultimodalDataset, weights: Mapping[str, torch.Tensor],
                       data: LocalData, metrics: dict[str, float], ctx: Context) -> ClientUpdate:
-        return ClientUpdate(ctx.client_id, len(data), weights, {**metrics, "train_time_s": train_time(metrics, data)})
+        return ClientUpdate(ctx.client_id, len(data), weights, {**metrics, "train_time_s": train_time(data)})
 
     def aggregate(self, state: RoundState, updates: list[ClientUpdate], ctx: Context) -> RoundState:
         return Method.aggregate(self, state, updates, ctx)

@@ -14,7 +14,8 @@ and FedMVP) train here instead, from the hooks ``Method`` declares:
   (``torch.func.functional_call``); ``updated_params`` and padding steps leave parameters and
   optimiser state untouched, as in the loop;
 - the optimiser ``make_optimizer`` builds, reproduced on stacked parameters (``optim.py``);
-- ``finish_update`` per client, with its trained weights as a row view of the stack.
+- ``finish_update`` per client, with its trained weights as a row view of the stack and, in
+  ``LocalData.aux["train_time_s"]``, its share of the chunk's wall time (FlexMod reports it).
 
 Scalar metrics of ``batch_loss`` are averaged over a client's real steps (summed for the
 method's ``summed_metrics``); non-scalar ones are summed into ``LocalData.totals``.
@@ -133,7 +134,8 @@ class MethodTrainer:
         self.settings = settings_of(opt)
         in_opt = {id(p) for p in opt.param_groups[0]["params"]}
         named = dict(self.model.named_parameters())
-        data = self.method.local_data(self.model, self.method.training_shard(sample, self.ctx), self.state, self.ctx)
+        probe_ctx = self.context(0)  # per-client hooks need a client (FlexMod seeds its validation split by it)
+        data = self.method.local_data(self.model, self.method.training_shard(sample, probe_ctx), self.state, probe_ctx)
         k = min(len(data), 4)
         if k == 0:
             return "the sample shard is empty"
@@ -144,8 +146,11 @@ class MethodTrainer:
             loss.backward()
         except Exception as exc:  # noqa: BLE001 - a loss that cannot run on a sample cannot be vectorized
             return f"the method's loss failed on a sample batch: {type(exc).__name__}: {exc}"
+        # Trainable: what gets a gradient on the probe batch, plus what ``updated_params`` flags per
+        # step (FlexMod: an encoder the probe's step leaves out trains in later steps).
+        flagged = self.method.updated_params(ref, batch, self.ctx) or {}
         self.trainable = [n for n, p in ref.named_parameters()
-                          if id(named[n]) in in_opt and p.requires_grad and p.grad is not None]
+                          if id(named[n]) in in_opt and p.requires_grad and (p.grad is not None or n in flagged)]
         if not self.trainable:
             return "no parameter of the model gets a gradient"
         if not check:
@@ -249,6 +254,7 @@ class MethodTrainer:
     def _chunk(self, ids: list[int], shards: Mapping[int, MultimodalDataset], data: Mapping[int, LocalData],
                ctxs: Mapping[int, Context]) -> list[ClientUpdate]:
         method, dev = self.method, self.device
+        started = time.perf_counter()
         sizes = [len(data[c]) for c in ids]
         schedule = chunk_schedule(sizes, [ctxs[c].seed() for c in ids],
                                   [method.local_batch_size(ctxs[c], n) for c, n in zip(ids, sizes)],
@@ -288,7 +294,9 @@ class MethodTrainer:
         shared = {f"model/{k}": v for k, v in starts[0].items() if k not in self.trainable}
         stack = ClientStack({f"model/{n}": v for n, v in params.items()}, shared, [f"model/{k}" for k in self.state_keys])
         updates = []
+        share = (time.perf_counter() - started) / len(ids)  # clients of a chunk train together
         for j, cid in enumerate(ids):
+            data[cid].aux["train_time_s"] = share
             n_steps = int(steps[j])
             metrics = {"train_loss": float(loss_sum[j]) / max(n_steps, 1)}
             for k, v in scalar_sums.items():

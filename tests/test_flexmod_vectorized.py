@@ -1,0 +1,101 @@
+"""FlexMod and Partial Update: the vectorized engine trains their clients' step plans together, as the loop does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmfl.engine import steps, vectorized
+from mmfl.engine.vectorized import client_train_vectorized, loop_train
+from mmfl.methods import parse_experiment, resolve
+from tests.conftest import tiny_config_dict
+
+TOL = 1e-6
+# Metrics the two engines must agree on (train_time_s is a wall time, measured differently).
+SAME = ("train_loss", "local_steps", "encoder_updates", "encoder_flops")
+
+
+def _setup(tmp_path: Path, method: str, params: dict, **train):
+    train = {"local_epochs": 2, "batch_size": 16, "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3,
+             "vector_chunk": 3, **train}
+    cfg = parse_experiment(tiny_config_dict(
+        tmp_path, method={"name": method, "params": params}, train=train,
+        data={"name": "synthetic", "synthetic": {"num_samples": 300, "num_classes": 4, "dims": {"a": 8, "b": 6, "c": 5}}},
+        partition={"scheme": "dirichlet", "num_clients": 5, "alpha": 0.5, "min_client_size": 8}))
+    data = steps.prepare_data(cfg)
+    shards = dict(enumerate(data.clients))
+    state = steps.init_state(cfg, data.spec)
+    return cfg, shards, state
+
+
+def _max_diff(a, b) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+CASES = [
+    ("flexmod", {"val_fraction": 0.2}),
+    ("flexmod", {"val_fraction": 0.2, "reward": "local", "cost": "count"}),
+    ("partial_update", {}),
+]
+
+
+@pytest.mark.parametrize("method,params", CASES, ids=["flexmod", "flexmod-local-reward", "partial_update"])
+def test_vectorized_round_equals_the_loop(tmp_path, method, params):
+    cfg, shards, state = _setup(tmp_path, method, params)
+    ids = steps.sample_clients(cfg, 1)
+    assert len({len(shards[c]) for c in ids}) == len(ids)  # unequal clients: unequal step plans
+    m = resolve(cfg).method
+    loop = loop_train(m, cfg, state, shards, ids)
+    vec = client_train_vectorized(cfg, state, shards, ids)
+    assert [u.client_id for u in vec] == [u.client_id for u in loop]
+    plans = set()
+    for u, v in zip(loop, vec):
+        assert v.num_samples == u.num_samples and v.meta == u.meta
+        assert set(v.metrics) == set(u.metrics)
+        for k in u.metrics:
+            if k in SAME or k.startswith("value/") or k == "val_acc":
+                assert v.metrics[k] == pytest.approx(u.metrics[k], rel=1e-9, abs=TOL), k
+        assert v.metrics["train_time_s"] > 0
+        assert _max_diff(u.tensors, v.tensors) < TOL
+        plans.add((u.metrics["local_steps"], u.metrics["encoder_updates"]))
+    assert len(plans) > 1  # the clients' plans differ
+    agg_loop, agg_vec = steps.aggregate(cfg, state, loop), steps.aggregate(cfg, state, vec)
+    assert _max_diff(agg_loop.tensors, agg_vec.tensors) < TOL
+    assert _max_diff(agg_loop.tensors, state.tensors) > 1e-3  # the round trained
+    # every encoder trains less often than the fusion (the schedule really masks updates)
+    h = agg_vec.meta["history"][-1]
+    assert h["encoder_updates"] < 3 * sum(u.metrics["local_steps"] for u in vec)
+
+
+@pytest.mark.parametrize("method", ["flexmod", "partial_update"])
+def test_auto_engine_vectorizes_them(tmp_path, method):
+    cfg, shards, state = _setup(tmp_path, method, {})
+    assert cfg.train.engine == "auto"
+    m = resolve(cfg).method
+    assert vectorized.method_reason(m) is None
+    assert vectorized.trainer_for(m, cfg, state, shards[0]) is not None
+    ids = steps.sample_clients(cfg, 1)
+    auto = steps.client_train(cfg, state, shards, ids)
+    loop = loop_train(m, cfg, state, shards, ids)
+    for u, v in zip(loop, auto):
+        assert _max_diff(u.tensors, dict(v.tensors)) < TOL
+        assert v.metrics["encoder_flops"] == pytest.approx(u.metrics["encoder_flops"], rel=1e-12)
+
+
+def test_an_untrained_encoder_and_its_momentum_stay_untouched(tmp_path):
+    """A step that leaves an encoder out skips it entirely (no weight decay, no momentum), in both engines."""
+    cfg, shards, state = _setup(tmp_path, "partial_update", {"min_frequency": 0.0, "budget": 0.4, "cost": "count"},
+                                local_epochs=1)
+    ids = steps.sample_clients(cfg, 1)
+    vec = client_train_vectorized(cfg, state, shards, ids)
+    start = state.model_weights()
+    # budget 0.4 of three encoders: at most one encoder per step on average; some encoder never trains
+    # in some client's few steps, and it comes back exactly as it went out
+    untouched = [(u.client_id, n) for u in vec for n in ("a", "b", "c")
+                 if all(torch.equal(v, start[k]) for k, v in u.model_weights().items() if k.startswith(f"encoders.{n}."))]
+    assert untouched
+    for u in vec:
+        assert not torch.equal(u.model_weights()["head.weight"], start["head.weight"])
