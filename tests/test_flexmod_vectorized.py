@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ import torch
 
 from mmfl.engine import steps, vectorized
 from mmfl.engine.vectorized import client_train_vectorized, loop_train
+from mmfl.engine.vectorized.method_trainer import MethodTrainer, method_reason
+from mmfl.engine.vectorized.stack import StackView
 from mmfl.methods import parse_experiment, resolve
 from tests.conftest import tiny_config_dict
 
@@ -71,14 +74,18 @@ def test_vectorized_round_equals_the_loop(tmp_path, method, params):
 
 
 @pytest.mark.parametrize("method", ["flexmod", "partial_update"])
-def test_auto_engine_vectorizes_them(tmp_path, method):
+def test_auto_engine_vectorizes_them(tmp_path, method, caplog):
     cfg, shards, state = _setup(tmp_path, method, {})
     assert cfg.train.engine == "auto"
     m = resolve(cfg).method
-    assert vectorized.method_reason(m) is None
-    assert vectorized.trainer_for(m, cfg, state, shards[0]) is not None
+    assert method_reason(m) is None
+    assert isinstance(vectorized.trainer_for(m, cfg, state, shards[0]), MethodTrainer)
     ids = steps.sample_clients(cfg, 1)
-    auto = steps.client_train(cfg, state, shards, ids)
+    with caplog.at_level(logging.INFO, logger="mmfl.engine.vectorized"):
+        auto = steps.client_train(cfg, state, shards, ids)
+    said = [r.getMessage() for r in caplog.records if "train.engine auto" in r.getMessage()]
+    assert not any("one by one" in m for m in said), said
+    assert all(isinstance(u.tensors, StackView) for u in auto)  # trained together
     loop = loop_train(m, cfg, state, shards, ids)
     for u, v in zip(loop, auto):
         assert _max_diff(u.tensors, dict(v.tensors)) < TOL
