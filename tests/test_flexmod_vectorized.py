@@ -54,6 +54,7 @@ def test_vectorized_round_equals_the_loop(tmp_path, method, params):
     loop = loop_train(m, cfg, state, shards, ids)
     vec = client_train_vectorized(cfg, state, shards, ids)
     assert [u.client_id for u in vec] == [u.client_id for u in loop]
+    assert all(isinstance(u.tensors, StackView) for u in vec)  # trained together, not one by one
     plans = set()
     for u, v in zip(loop, vec):
         assert v.num_samples == u.num_samples and v.meta == u.meta
@@ -93,16 +94,26 @@ def test_auto_engine_vectorizes_them(tmp_path, method, caplog):
 
 
 def test_an_untrained_encoder_and_its_momentum_stay_untouched(tmp_path):
-    """A step that leaves an encoder out skips it entirely (no weight decay, no momentum), in both engines."""
+    """A step that leaves an encoder out skips it entirely (no weight decay, no momentum), in both engines:
+    a client whose plan never trains an encoder returns it exactly as it went out, while clients of the
+    same chunk whose plans do train it change it."""
     cfg, shards, state = _setup(tmp_path, "partial_update", {"min_frequency": 0.0, "budget": 0.4, "cost": "count"},
                                 local_epochs=1)
     ids = steps.sample_clients(cfg, 1)
-    vec = client_train_vectorized(cfg, state, shards, ids)
     start = state.model_weights()
-    # budget 0.4 of three encoders: at most one encoder per step on average; some encoder never trains
-    # in some client's few steps, and it comes back exactly as it went out
-    untouched = [(u.client_id, n) for u in vec for n in ("a", "b", "c")
-                 if all(torch.equal(v, start[k]) for k, v in u.model_weights().items() if k.startswith(f"encoders.{n}."))]
-    assert untouched
-    for u in vec:
-        assert not torch.equal(u.model_weights()["head.weight"], start["head.weight"])
+
+    def encoder_kept(u, n: str) -> bool:
+        return all(torch.equal(v, start[k]) for k, v in u.model_weights().items() if k.startswith(f"encoders.{n}."))
+
+    vec = client_train_vectorized(cfg, state, shards, ids)
+    loop = loop_train(resolve(cfg).method, cfg, state, shards, ids)
+    assert all(isinstance(u.tensors, StackView) for u in vec)
+    for updates in (vec, loop):
+        kept = {(u.client_id, n) for u in updates for n in "abc" if encoder_kept(u, n)}
+        changed = {(u.client_id, n) for u in updates for n in "abc"} - kept
+        # budget 0.4 of three encoders: few encoders per step, so some client never trains some encoder
+        # that another client trains
+        assert {n for _, n in kept} & {n for _, n in changed}
+        assert all(not torch.equal(u.model_weights()["head.weight"], start["head.weight"]) for u in updates)
+    assert {(u.client_id, n) for u in vec for n in "abc" if encoder_kept(u, n)} == \
+        {(u.client_id, n) for u in loop for n in "abc" if encoder_kept(u, n)}
