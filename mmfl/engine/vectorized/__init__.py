@@ -64,7 +64,9 @@ REPRODUCED_HOOKS = ("client_update", "train_local", "run_local", "local_data", "
 # Trainers of their own for methods whose local step the generic trainers do not reproduce (3FM's
 # meta-step): method class "module:Class" -> "module:function"; the function takes
 # (method, cfg, state, sample) and returns a trainer (with ``updates``, below) or the reason to use the loop.
-SPECIAL_TRAINERS: dict[str, str] = {}
+SPECIAL_TRAINERS: dict[str, str] = {
+    "mmfl.methods.threefm:ThreeFM": "mmfl.engine.vectorized.maml:trainer_for_3fm",
+}
 
 
 def _special(method: Method, cfg: ExperimentConfig, state: RoundState, sample: MultimodalDataset):

@@ -65,6 +65,8 @@ class VectorOptimizer:
     def __init__(self, settings: OptimSettings, params: Mapping[str, torch.Tensor]):
         self.s = settings
         self.state: dict[str, Tensors] = {}
+        self._calls = 0  # bound on every client's Adam step count (it grows by at most 1 per call)
+        self._tables: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
         for n, p in params.items():
             if settings.kind == "sgd":
                 self.state[n] = {"buf": torch.zeros_like(p)}
@@ -75,6 +77,7 @@ class VectorOptimizer:
 
     def step(self, params: Tensors, grads: Mapping[str, torch.Tensor], active: torch.Tensor,
              updated: Mapping[str, torch.Tensor] | None = None) -> None:
+        self._calls += 1
         if self.s.kind == "sgd" and not updated and bool(active.all()):
             self._sgd_all(params, grads)
             return
@@ -119,11 +122,27 @@ class VectorOptimizer:
             else:
                 g = g + s.weight_decay * p
         m = torch.where(k, st["m"].lerp(g, 1 - b1), st["m"])
-        v = torch.where(k, st["v"] * b2 + (1 - b2) * g * g, st["v"])
+        v = torch.where(k, torch.addcmul(st["v"] * b2, g, g, value=1 - b2), st["v"])  # addcmul: torch's rounding
         st["m"].copy_(m)
         st["v"].copy_(v)
-        t = _expand(step.clamp_min(1), p)
-        bc1 = 1 - torch.pow(torch.as_tensor(b1, dtype=p.dtype, device=p.device), t)
-        bc2 = 1 - torch.pow(torch.as_tensor(b2, dtype=p.dtype, device=p.device), t)
-        denom = v.sqrt() / bc2.sqrt() + s.eps
-        p.copy_(torch.where(k, base - (s.lr / bc1) * m / denom, p))
+        step_size, bc2_sqrt = self._corrections(step, p)
+        denom = v.sqrt() / bc2_sqrt + s.eps
+        p.copy_(torch.where(k, base - (step_size * m) / denom, p))
+
+    def _corrections(self, step: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per client ``lr / (1 - b1**t)`` and ``sqrt(1 - b2**t)``, shaped to broadcast against ``like``.
+
+        ``torch.optim.Adam`` computes them in Python floats and rounds them to the parameter's
+        dtype; they are looked up in a table of exactly those values (no host sync), so that a
+        client's step rounds as the loop's does. Step 0 (a client not yet active) reads step 1.
+        """
+        key = (like.dtype, like.device)
+        table = self._tables.get(key)
+        if table is None or table.shape[1] <= self._calls:
+            b1, b2 = self.s.betas
+            ts = [max(t, 1) for t in range(2 * self._calls + 16)]
+            table = torch.tensor([[self.s.lr / (1 - b1**t) for t in ts], [(1 - b2**t) ** 0.5 for t in ts]],
+                                 dtype=torch.float64).to(dtype=like.dtype, device=like.device)
+            self._tables[key] = table
+        rows = table.index_select(1, step.long().clamp_max(table.shape[1] - 1))
+        return _expand(rows[0], like), _expand(rows[1], like)

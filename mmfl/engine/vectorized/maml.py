@@ -1,0 +1,317 @@
+"""3FM's clients trained together: MAML meta-steps over stacked clients with ``torch.func``.
+
+3FM (``mmfl/methods/threefm.py``) overrides ``local_step``: every step splits its batch into a
+support and a query set, adapts the weights on the support loss (``inner_steps`` plain gradient
+or differentiable Adam steps) and hands the query loss's meta-gradient to the client's outer
+Adam. This trainer reproduces that loop for a chunk of clients at once:
+
+- **Batch order**: each client's batches are the loop's (``iterate_batches`` from the client's
+  seeded generator, one ``randperm`` per epoch, the method's per-client ``local_batch_size``:
+  ``batching: full`` makes every shard one batch, so clients of a chunk have batches of
+  different widths). A batch with fewer than 2 samples is skipped and not counted, as in the loop.
+- **Support and query** are chosen on the host by the method's own rule (``support_query``:
+  presence split, or the positional split and its fallback, counted in ``fallback_splits``),
+  so the row selection and its order are the loop's. Each is gathered into its own padded grid
+  of shape (steps, clients, width) with a 0/1 weight; the losses are masked means over real rows
+  (no boolean indexing under ``vmap``), and a padded row costs compute but changes nothing.
+- **Meta-gradient**: ``vmap`` over clients of ``mmfl.methods.maml.meta_gradient`` (the function
+  the loop calls; second order unless ``first_order``; inner ``sgd`` or ``adam``).
+- **Outer step**: ``VectorOptimizer`` reproduces the method's ``make_optimizer`` (Adam at
+  ``outer_lr``) on the stacked parameters; a client whose step is padding or skipped keeps its
+  parameters and Adam state, and its Adam step count does not advance.
+
+3FM's loss draws no random numbers (the model is checked for dropout), so the loop's per-client
+``torch.manual_seed`` has nothing to reproduce. Updates equal the loop's to float rounding
+(``tests/test_threefm_vectorized.py``: 1e-6 after a round).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import vmap
+from torch.nn import functional as F
+
+from mmfl.config import ExperimentConfig
+from mmfl.data.dataset import DataSpec, MultimodalDataset
+from mmfl.engine.resources import device_of, resources_for
+from mmfl.engine.vectorized.batches import ChunkBatches, ChunkSchedule, gather_batches, shard_tensors
+from mmfl.engine.vectorized.optim import VectorOptimizer, settings_of, unsupported
+from mmfl.engine.vectorized.probe import static_reason
+from mmfl.engine.vectorized.stack import ClientStack
+from mmfl.methods import maml
+from mmfl.methods.base import Context, Method, iterate_batches, masked_mean
+from mmfl.methods.threefm import ThreeFM, ThreeFMParams, meta_gradient, support_query, zero_branch_forward
+from mmfl.state import ClientUpdate, RoundState
+
+Tensors = dict[str, torch.Tensor]
+
+# The hooks of a client's update this trainer takes as ``Method`` (or ``ThreeFM``) defines them.
+_HOOKS = ("client_update", "run_local", "train_local", "start_weights", "training_shard", "local_data",
+          "finish_update", "local_step", "local_epochs", "local_batch_size", "make_optimizer", "penalty",
+          "updated_params")
+
+# On a CPU, a chunk's padded rows stay within this factor of its real rows (``size_chunks``).
+PADDING_BOUND = 1.25
+_TRAINERS: OrderedDict[str, "ThreeFMTrainer"] = OrderedDict()
+_MAX_TRAINERS = 4
+# Seconds spent by the last ``updates`` call (as ``mmfl.engine.vectorized.last_timing``).
+last_timing: dict[str, float] = {}
+
+
+@dataclass
+class MetaSchedule:
+    """A chunk's meta-steps: support and query rows per (step, client), padded; which steps are real."""
+
+    support: ChunkSchedule
+    query: ChunkSchedule
+    active: torch.Tensor  # (S, C) bool: a real, counted meta-step
+    fallback: torch.Tensor  # (S, C) float: the step fell back to the positional split
+    steps: torch.Tensor  # (C,) counted meta-steps per client
+
+
+def meta_schedule(shards: Sequence[MultimodalDataset], seeds: Sequence[int], batch_sizes: Sequence[int],
+                  epochs: Sequence[int], params: ThreeFMParams) -> MetaSchedule:
+    """The loop's batches of every client, each split into support and query rows (indices into its shard)."""
+    per_client: list[list[tuple[torch.Tensor, torch.Tensor, bool] | None]] = []
+    for shard, seed, bs, ep in zip(shards, seeds, batch_sizes, epochs):
+        gen = torch.Generator().manual_seed(seed)
+        steps: list[tuple[torch.Tensor, torch.Tensor, bool] | None] = []
+        for _ in range(ep):
+            for idx in iterate_batches(len(shard), bs, gen):
+                if len(idx) < 2:  # the loop's local_step skips it (not counted)
+                    steps.append(None)
+                    continue
+                sup, qry, fell_back = support_query(shard.present[idx], params)
+                steps.append((idx[sup], idx[qry], fell_back))
+        per_client.append(steps)
+    c = len(shards)
+    num_steps = max(len(s) for s in per_client)
+    real = [x for s in per_client for x in s if x is not None]
+    ws = max([len(x[0]) for x in real], default=1)
+    wq = max([len(x[1]) for x in real], default=1)
+    grids = {k: (torch.zeros(num_steps, c, w, dtype=torch.long), torch.zeros(num_steps, c, w))
+             for k, w in (("s", ws), ("q", wq))}
+    active = torch.zeros(num_steps, c, dtype=torch.bool)
+    fallback = torch.zeros(num_steps, c)
+    for j, steps in enumerate(per_client):
+        for s, x in enumerate(steps):
+            if x is None:
+                continue
+            for key, rows in (("s", x[0]), ("q", x[1])):
+                index, weight = grids[key]
+                index[s, j, : len(rows)] = rows
+                weight[s, j, : len(rows)] = 1.0
+            active[s, j] = True
+            fallback[s, j] = float(x[2])
+    counted = active.sum(0)
+    return MetaSchedule(ChunkSchedule(*grids["s"], active, counted), ChunkSchedule(*grids["q"], active, counted),
+                        active, fallback, counted)
+
+
+def make_client_meta(model: nn.Module, p: ThreeFMParams):
+    """``meta(params, support..., query...) -> (meta-gradient, query loss)`` of ONE client, for ``vmap``."""
+
+    def masked_loss(params: Tensors, inputs: Tensors, present: torch.Tensor, labels: torch.Tensor,
+                    weight: torch.Tensor) -> torch.Tensor:
+        logits = zero_branch_forward(model, params, inputs, present)
+        return masked_mean(F.cross_entropy(logits, labels, reduction="none"), weight)
+
+    def client_meta(params: Tensors, s_in: Tensors, s_present: torch.Tensor, s_labels: torch.Tensor,
+                    s_weight: torch.Tensor, q_in: Tensors, q_present: torch.Tensor, q_labels: torch.Tensor,
+                    q_weight: torch.Tensor) -> tuple[Tensors, torch.Tensor]:
+        return maml.meta_gradient(lambda q: masked_loss(q, s_in, s_present, s_labels, s_weight),
+                                  lambda q: masked_loss(q, q_in, q_present, q_labels, q_weight),
+                                  params, p.inner_lr, p.inner_steps, p.inner_optimizer, p.first_order)
+
+    return client_meta
+
+
+def _probe(model: nn.Module, client_meta, params: Tensors, sample: MultimodalDataset, p: ThreeFMParams,
+           tol: float = 1e-4) -> str | None:
+    """None if the batched meta-gradient of two perturbed clients equals the loop's, else why not."""
+    k = min(len(sample), 4)
+    if k < 2:
+        return None  # nothing to check on; such a client is skipped by the loop as well
+    device = next(iter(params.values())).device
+    inputs = {n: v[:k].to(device) for n, v in sample.inputs.items()}
+    present, labels = sample.present[:k].to(device), sample.labels[:k].to(device)
+    half = k // 2
+    sup = ({n: v[:half] for n, v in inputs.items()}, present[:half], labels[:half])
+    qry = ({n: v[half:] for n, v in inputs.items()}, present[half:], labels[half:])
+    gen = torch.Generator().manual_seed(1234)
+    clients = [{n: t + scale * torch.randn(t.shape, generator=gen).to(t) for n, t in params.items()}
+               for scale in (0.0, 0.05)]
+    stacked = {n: torch.stack([c[n] for c in clients]) for n in params}
+    rep = lambda t: torch.stack([t, t])  # noqa: E731 - the same batch for both clients
+
+    def batched(part):
+        return ({n: rep(v) for n, v in part[0].items()}, rep(part[1]), rep(part[2]),
+                rep(torch.ones(part[2].shape[0], device=device)))
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            grads, _ = vmap(client_meta)(stacked, *batched(sup), *batched(qry))
+    except Exception as exc:  # noqa: BLE001 - any failure of the transform means "use the loop"
+        return f"vmap of the 3FM meta-step failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    for w in caught:
+        if "batching rule" in str(w.message).lower():
+            return f"vmap of the 3FM meta-step has no batching rule: {str(w.message).splitlines()[0][:200]}"
+    for j, client in enumerate(clients):
+        expected, _ = meta_gradient(model, client, sup, qry, p)
+        for n in params:
+            if not torch.allclose(grads[n][j], expected[n], rtol=tol, atol=tol):
+                err = float((grads[n][j] - expected[n]).abs().max())
+                return f"vmap meta-gradient of {n} differs from the loop's by {err:.3g}"
+    return None
+
+
+class ThreeFMTrainer:
+    """Prepared once per setting (model structure, method params, device) and reused across rounds."""
+
+    def __init__(self, method: ThreeFM, model: nn.Module, p: ThreeFMParams, device: torch.device):
+        self.method, self.model, self.p, self.device = method, model.to(device), p, device
+        self.model.train()
+        self.client_meta = make_client_meta(self.model, p)
+        self.batched_meta = vmap(self.client_meta)
+        self.param_names = [n for n, _ in model.named_parameters()]
+        self.state_keys = list(model.state_dict().keys())
+
+    def _rows(self, cfg: ExperimentConfig, n: int) -> int:
+        """Rows of a client's widest batch (its shard under ``batching: full``)."""
+        return n if self.p.batching == "full" else min(n, cfg.train.batch_size)
+
+    # ---- training --------------------------------------------------------------------------
+    def train_chunk(self, global_weights: Mapping[str, torch.Tensor], shards: Sequence[MultimodalDataset],
+                    contexts: Sequence[Context]) -> tuple[Tensors, MetaSchedule, torch.Tensor, torch.Tensor]:
+        """Stacked trained parameters of a chunk, its schedule, summed query losses and fallbacks."""
+        m = self.method
+        schedule = meta_schedule(shards, [ctx.seed() for ctx in contexts],
+                                 [m.local_batch_size(ctx, len(s)) for ctx, s in zip(contexts, shards)],
+                                 [m.local_epochs(ctx) for ctx in contexts], self.p)
+        data = [shard_tensors(s) for s in shards]
+        sup = gather_batches(data, schedule.support, self.device)
+        qry = gather_batches(data, schedule.query, self.device)
+        c = len(shards)
+        params = {n: global_weights[n].to(self.device).unsqueeze(0).repeat(c, *([1] * global_weights[n].dim()))
+                  for n in self.param_names}
+        opt = VectorOptimizer(settings_of(m.make_optimizer(self.model, contexts[0])), params)
+        active = schedule.active.to(self.device)
+        fallback = schedule.fallback.to(self.device, torch.float64)
+        total = torch.zeros(c, dtype=torch.float64, device=self.device)
+        fallbacks = torch.zeros(c, dtype=torch.float64, device=self.device)
+        with torch.no_grad():  # torch.func computes the gradients; nothing outside needs autograd
+            for s in range(schedule.active.shape[0]):
+                if not bool(schedule.active[s].any()):
+                    continue
+                grads, losses = self.batched_meta(params, *_at(sup, s), *_at(qry, s))
+                opt.step(params, grads, active[s])
+                total += torch.where(active[s], losses.to(torch.float64), torch.zeros_like(total))
+                fallbacks += torch.where(active[s], fallback[s], torch.zeros_like(fallbacks))
+        return params, schedule, total, fallbacks
+
+    def updates(self, cfg: ExperimentConfig, state: RoundState, shards: Mapping[int, MultimodalDataset],
+                client_ids: Sequence[int]) -> list[ClientUpdate]:
+        """Every client's ``ClientUpdate`` (order of ``client_ids``), as ``ThreeFM``'s loop returns it."""
+        client_ids = list(client_ids)
+        if not client_ids:
+            return []
+        spec = DataSpec.from_json(state.meta["data_spec"])
+        resources = resources_for(cfg)
+        global_weights = state.model_weights()
+        chunk, round_index = cfg.train.vector_chunk, state.round + 1
+        t0 = time.perf_counter()
+        # Clients of similar size share a chunk (little padding); results keep the given order.
+        by_size = sorted(range(len(client_ids)), key=lambda i: len(shards[client_ids[i]]))
+        out: dict[int, ClientUpdate] = {}
+        shared = {f"model/{k}": global_weights[k] for k in self.state_keys if k not in self.param_names}
+        order = [f"model/{k}" for k in self.state_keys]
+        for positions in size_chunks(by_size, [self._rows(cfg, len(shards[client_ids[i]])) for i in by_size],
+                                     chunk, self.device.type != "cpu"):
+            ids = [client_ids[i] for i in positions]
+            contexts = [Context(cfg, spec, round_index, cid, device_of(cfg), resources) for cid in ids]
+            params, schedule, total, fallbacks = self.train_chunk(global_weights, [shards[c] for c in ids], contexts)
+            stack = ClientStack({f"model/{k}": v.detach() for k, v in params.items()}, shared, order)
+            losses, falls, steps = total.cpu().tolist(), fallbacks.cpu().tolist(), schedule.steps.tolist()
+            for j, (pos, cid) in enumerate(zip(positions, ids)):
+                metrics = {"train_loss": losses[j] / max(steps[j], 1)}
+                if steps[j]:  # the loop records a step's extra metrics only once a step ran
+                    metrics["fallback_splits"] = falls[j]
+                metrics["local_steps"] = float(steps[j])
+                out[pos] = ClientUpdate(cid, len(shards[cid]), stack.view(j), metrics)
+        last_timing.update(device_s=time.perf_counter() - t0)
+        return [out[i] for i in range(len(client_ids))]
+
+
+def size_chunks(order: Sequence[int], rows: Sequence[int], chunk: int, wide: bool) -> list[list[int]]:
+    """``order`` (clients sorted by size) cut into chunks of at most ``chunk`` clients.
+
+    Every client of a chunk is padded to the widest batch of the chunk. On a CPU, where padded
+    rows cost as much as real ones, a chunk also ends before its padded rows would exceed
+    ``PADDING_BOUND`` times its real rows (``rows``: each client's widest batch); on an
+    accelerator (``wide``) a few large chunks beat padding-free small ones.
+    """
+    out: list[list[int]] = []
+    for pos, r in zip(order, rows):
+        if out and len(out[-1]) < chunk and (wide or (len(out[-1]) + 1) * r <= PADDING_BOUND * (out_rows + r)):
+            out[-1].append(pos)
+            out_rows += r
+        else:
+            out.append([pos])
+            out_rows = r
+    return out
+
+
+def _at(batches: ChunkBatches, s: int) -> tuple:
+    return ({n: x[s] for n, x in batches.inputs.items()}, batches.present[s], batches.labels[s], batches.weight[s])
+
+
+def _key(cfg: ExperimentConfig, state: RoundState, p: ThreeFMParams) -> str:
+    return json.dumps([cfg.model.model_dump(), state.meta["data_spec"], p.model_dump(), device_of(cfg)],
+                      sort_keys=True, default=str)
+
+
+def trainer_for_3fm(method: Method, cfg: ExperimentConfig, state: RoundState,
+                    sample: MultimodalDataset) -> ThreeFMTrainer | str:
+    """The prepared trainer for 3FM in this setting, or the reason to train its clients one by one."""
+    changed = [h for h in _HOOKS if getattr(type(method), h) is not getattr(ThreeFM, h)]
+    if not isinstance(method, ThreeFM) or changed:
+        return f"method {method.name!r} changes 3FM's hooks {', '.join(changed)}, which this engine does not reproduce"
+    p: ThreeFMParams = Context(cfg, DataSpec.from_json(state.meta["data_spec"]), state.round + 1).params
+    if cfg.train.engine == "auto" and p.inner_optimizer == "adam" and not p.first_order:
+        return ("3FM's second-order meta-gradient through the inner Adam step amplifies float rounding beyond "
+                "1e-6 after a round (train.engine: vectorized trains these clients together anyway)")
+    key = _key(cfg, state, p)
+    found = _TRAINERS.get(key)
+    if found is not None:
+        _TRAINERS.move_to_end(key)
+        return found
+    spec = DataSpec.from_json(state.meta["data_spec"])
+    ctx = Context(cfg, spec, state.round + 1, -1, device_of(cfg), resources_for(cfg))
+    model = method.load_model(state.model_weights(), ctx)
+    reason = static_reason(model)
+    if reason:
+        return reason
+    opt = method.make_optimizer(model, ctx)
+    reason = unsupported(opt)
+    if reason:
+        return f"3FM's outer optimiser: {reason}"
+    if len(list(model.parameters())) != len(opt.param_groups[0]["params"]):
+        return "3FM's outer optimiser does not hold every model parameter"
+    trainer = ThreeFMTrainer(method, model, p, torch.device(device_of(cfg)))
+    probe = {n: t.detach() for n, t in trainer.model.named_parameters()}
+    reason = _probe(trainer.model, trainer.client_meta, probe, sample, p)
+    if reason:
+        return reason
+    _TRAINERS[key] = trainer
+    while len(_TRAINERS) > _MAX_TRAINERS:
+        _TRAINERS.popitem(last=False)
+    return trainer
