@@ -104,7 +104,7 @@ bench-fedprime: install
 	mkdir -p runs/bench
 	HF_HUB_OFFLINE=1 PYTHONPATH=. $(PY) bench/fedprime_vs_fedavg_p.py --plot runs/bench/fedprime.png
 
-.PHONY: bench-pmcmfl bench-flexmod bench-3fm
+.PHONY: bench-pmcmfl bench-flexmod bench-3fm bench-3fm-engine
 
 ## bench-pmcmfl: PmcmFL (paper) vs FedAvg and zero-fill under the paper's protocol on mfeat and BasicMotions, 3 seeds
 bench-pmcmfl: install
@@ -120,6 +120,10 @@ bench-flexmod: install
 bench-3fm: install
 	mkdir -p runs/bench
 	$(PY) bench/threefm_protocol.py --seeds 0 1 2 --rounds 15 --json runs/bench/threefm_protocol.json
+
+## bench-3fm-engine: one 3FM round on mfeat, the per-client loop vs the vectorized engine (times, differences)
+bench-3fm-engine: install
+	PYTHONPATH=. $(PY) bench/threefm_vectorized.py --repeats 3
 
 # Bench-only environment: pfl-research pins versions that differ from requirements.lock, so it gets
 # its own venv that sees the main one's packages (a .pth) and overrides only what pfl needs.

@@ -197,7 +197,7 @@ class ThreeFMTrainer:
         schedule = meta_schedule(shards, [ctx.seed() for ctx in contexts],
                                  [m.local_batch_size(ctx, len(s)) for ctx, s in zip(contexts, shards)],
                                  [m.local_epochs(ctx) for ctx in contexts], self.p)
-        data = [shard_tensors(s) for s in shards]
+        data = [{k: v.to(self.device) for k, v in shard_tensors(s).items()} for s in shards]
         sup = gather_batches(data, schedule.support, self.device)
         qry = gather_batches(data, schedule.query, self.device)
         c = len(shards)
