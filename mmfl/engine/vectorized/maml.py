@@ -231,24 +231,33 @@ class ThreeFMTrainer:
         t0 = time.perf_counter()
         # Clients of similar size share a chunk (little padding); results keep the given order.
         by_size = sorted(range(len(client_ids)), key=lambda i: len(shards[client_ids[i]]))
-        out: dict[int, ClientUpdate] = {}
-        shared = {f"model/{k}": global_weights[k] for k in self.state_keys if k not in self.param_names}
-        order = [f"model/{k}" for k in self.state_keys]
+        rows_of: list[int] = []  # position in client_ids of each trained row, chunk after chunk
+        trained: list[Tensors] = []
+        metrics: dict[int, dict[str, float]] = {}
         for positions in size_chunks(by_size, [self._rows(cfg, len(shards[client_ids[i]])) for i in by_size],
                                      chunk, self.device.type != "cpu"):
             ids = [client_ids[i] for i in positions]
             contexts = [Context(cfg, spec, round_index, cid, device_of(cfg), resources) for cid in ids]
             params, schedule, total, fallbacks = self.train_chunk(global_weights, [shards[c] for c in ids], contexts)
-            stack = ClientStack({f"model/{k}": v.detach() for k, v in params.items()}, shared, order)
+            trained.append(params)
+            rows_of.extend(positions)
             losses, falls, steps = total.cpu().tolist(), fallbacks.cpu().tolist(), schedule.steps.tolist()
-            for j, (pos, cid) in enumerate(zip(positions, ids)):
-                metrics = {"train_loss": losses[j] / max(steps[j], 1)}
+            for j, pos in enumerate(positions):
+                m = {"train_loss": losses[j] / max(steps[j], 1)}
                 if steps[j]:  # the loop records a step's extra metrics only once a step ran
-                    metrics["fallback_splits"] = falls[j]
-                metrics["local_steps"] = float(steps[j])
-                out[pos] = ClientUpdate(cid, len(shards[cid]), stack.view(j), metrics)
+                    m["fallback_splits"] = falls[j]
+                m["local_steps"] = float(steps[j])
+                metrics[pos] = m
+        # One stack for the round, rows in the order of client_ids: the server reduces it as it
+        # would add the clients' plain dicts one after another (same float rounding).
+        back = torch.tensor(sorted(range(len(rows_of)), key=rows_of.__getitem__), device=self.device)
+        stacked = {f"model/{k}": torch.cat([t[k] for t in trained]).index_select(0, back).detach()
+                   for k in self.param_names}
+        shared = {f"model/{k}": global_weights[k] for k in self.state_keys if k not in self.param_names}
+        stack = ClientStack(stacked, shared, [f"model/{k}" for k in self.state_keys])
+        out = [ClientUpdate(cid, len(shards[cid]), stack.view(i), metrics[i]) for i, cid in enumerate(client_ids)]
         last_timing.update(device_s=time.perf_counter() - t0)
-        return [out[i] for i in range(len(client_ids))]
+        return out
 
 
 def size_chunks(order: Sequence[int], rows: Sequence[int], chunk: int, wide: bool) -> list[list[int]]:
