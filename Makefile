@@ -123,7 +123,7 @@ bench-3fm: install
 
 ## bench-3fm-engine: one 3FM round on mfeat, the per-client loop vs the vectorized engine (times, differences)
 bench-3fm-engine: install
-	PYTHONPATH=. $(PY) bench/threefm_vectorized.py --repeats 3
+	PYTHONPATH=. $(PY) bench/threefm_vectorized.py --repeats 5
 
 # Bench-only environment: pfl-research pins versions that differ from requirements.lock, so it gets
 # its own venv that sees the main one's packages (a .pth) and overrides only what pfl needs.
