@@ -42,7 +42,7 @@ from torch.nn import functional as F
 from mmfl.config import ExperimentConfig
 from mmfl.data.dataset import DataSpec, MultimodalDataset
 from mmfl.engine.resources import device_of, resources_for
-from mmfl.engine.vectorized.batches import ChunkBatches, ChunkSchedule, gather_batches, shard_tensors
+from mmfl.engine.vectorized.batches import ChunkBatches, ChunkSchedule, gather_batches, plan_chunks, shard_tensors
 from mmfl.engine.vectorized.optim import VectorOptimizer, settings_of, unsupported
 from mmfl.engine.vectorized.probe import static_reason
 from mmfl.engine.vectorized.stack import ClientStack
@@ -58,8 +58,6 @@ _HOOKS = ("client_update", "run_local", "train_local", "start_weights", "trainin
           "finish_update", "local_step", "local_epochs", "local_batch_size", "make_optimizer", "penalty",
           "updated_params")
 
-# On a CPU, a chunk's padded rows stay within this factor of its real rows (``size_chunks``).
-PADDING_BOUND = 1.25
 _TRAINERS: OrderedDict[str, "ThreeFMTrainer"] = OrderedDict()
 _MAX_TRAINERS = 4
 # Seconds spent by the last ``updates`` call (as ``mmfl.engine.vectorized.last_timing``).
@@ -185,10 +183,6 @@ class ThreeFMTrainer:
         self.param_names = [n for n, _ in model.named_parameters()]
         self.state_keys = list(model.state_dict().keys())
 
-    def _rows(self, cfg: ExperimentConfig, n: int) -> int:
-        """Rows of a client's widest batch (its shard under ``batching: full``)."""
-        return n if self.p.batching == "full" else min(n, cfg.train.batch_size)
-
     # ---- training --------------------------------------------------------------------------
     def train_chunk(self, global_weights: Mapping[str, torch.Tensor], shards: Sequence[MultimodalDataset],
                     contexts: Sequence[Context]) -> tuple[Tensors, MetaSchedule, torch.Tensor, torch.Tensor]:
@@ -229,15 +223,16 @@ class ThreeFMTrainer:
         global_weights = state.model_weights()
         chunk, round_index = cfg.train.vector_chunk, state.round + 1
         t0 = time.perf_counter()
-        # Clients of similar size share a chunk (little padding); results keep the given order.
-        by_size = sorted(range(len(client_ids)), key=lambda i: len(shards[client_ids[i]]))
+        contexts_of = {cid: Context(cfg, spec, round_index, cid, device_of(cfg), resources) for cid in client_ids}
+        # A client's work is about its samples x local epochs (rows x meta-steps); chunks of similar
+        # clients keep padding under 25% (as for the other trainers).
+        work = [len(shards[cid]) * self.method.local_epochs(contexts_of[cid]) for cid in client_ids]
         rows_of: list[int] = []  # position in client_ids of each trained row, chunk after chunk
         trained: list[Tensors] = []
         metrics: dict[int, dict[str, float]] = {}
-        for positions in size_chunks(by_size, [self._rows(cfg, len(shards[client_ids[i]])) for i in by_size],
-                                     chunk, self.device.type != "cpu"):
+        for positions in plan_chunks(work, chunk):
             ids = [client_ids[i] for i in positions]
-            contexts = [Context(cfg, spec, round_index, cid, device_of(cfg), resources) for cid in ids]
+            contexts = [contexts_of[cid] for cid in ids]
             params, schedule, total, fallbacks = self.train_chunk(global_weights, [shards[c] for c in ids], contexts)
             trained.append(params)
             rows_of.extend(positions)
@@ -258,25 +253,6 @@ class ThreeFMTrainer:
         out = [ClientUpdate(cid, len(shards[cid]), stack.view(i), metrics[i]) for i, cid in enumerate(client_ids)]
         last_timing.update(device_s=time.perf_counter() - t0)
         return out
-
-
-def size_chunks(order: Sequence[int], rows: Sequence[int], chunk: int, wide: bool) -> list[list[int]]:
-    """``order`` (clients sorted by size) cut into chunks of at most ``chunk`` clients.
-
-    Every client of a chunk is padded to the widest batch of the chunk. On a CPU, where padded
-    rows cost as much as real ones, a chunk also ends before its padded rows would exceed
-    ``PADDING_BOUND`` times its real rows (``rows``: each client's widest batch); on an
-    accelerator (``wide``) a few large chunks beat padding-free small ones.
-    """
-    out: list[list[int]] = []
-    for pos, r in zip(order, rows):
-        if out and len(out[-1]) < chunk and (wide or (len(out[-1]) + 1) * r <= PADDING_BOUND * (out_rows + r)):
-            out[-1].append(pos)
-            out_rows += r
-        else:
-            out.append([pos])
-            out_rows = r
-    return out
 
 
 def _at(batches: ChunkBatches, s: int) -> tuple:
