@@ -127,9 +127,8 @@ def test_auto_picks_the_3fm_trainer_and_logs_no_loop_fallback(tmp_path, caplog, 
 
 
 def test_a_model_with_dropout_uses_the_loop(tmp_path):
-    cfg, shards, state = _setup(tmp_path)
-    cfg = parse_experiment({**tiny_config_dict(tmp_path, train={"local_epochs": 1}, missing=PROTOCOL,
-                                               method={"name": "threefm"}),
-                            "model": {"embed_dim": 16, "hidden": 32, "dropout": 0.2}})
-    state = steps.init_state(cfg, steps.prepare_data(cfg).spec)
-    assert trainer_for(resolve(cfg).method, cfg, state, shards[0]) is None  # random masks: the loop
+    cfg = parse_experiment(tiny_config_dict(tmp_path, missing=PROTOCOL, method={"name": "threefm"},
+                                            model={"embed_dim": 16, "hidden": 32, "dropout": 0.2}))
+    data = steps.prepare_data(cfg)
+    state = steps.init_state(cfg, data.spec)
+    assert trainer_for(resolve(cfg).method, cfg, state, data.clients[0]) is None  # random masks: the loop
