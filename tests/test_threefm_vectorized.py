@@ -19,6 +19,12 @@ TOL = 1e-6
 PROTOCOL = {"pattern": "subsets", "rate": 0.2, "client_modalities": [["a"], ["b"]]}
 
 
+@pytest.fixture(autouse=True)
+def _own_log_memory(monkeypatch):
+    """The engine says each fallback once per process: these tests keep what they said to themselves."""
+    monkeypatch.setattr(vectorized, "_WARNED", set())
+
+
 def _setup(tmp_path: Path, params: dict | None = None, train: dict | None = None, missing: dict | None = None):
     train = {"local_epochs": 2, "vector_chunk": 3, **(train or {})}
     method = {"name": "threefm", "params": {"inner_lr": 0.05, "outer_lr": 0.01, **(params or {})}}
@@ -111,8 +117,7 @@ def test_positional_split_first_order_inner_adam_equals_the_loop(tmp_path):
     _assert_same_round(cfg, shards, state)
 
 
-def test_auto_picks_the_3fm_trainer_and_logs_no_loop_fallback(tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(vectorized, "_WARNED", set())  # what earlier tests of this process said is said once
+def test_auto_picks_the_3fm_trainer_and_logs_no_loop_fallback(tmp_path, caplog):
     cfg, shards, state = _setup(tmp_path)
     assert cfg.train.engine == "auto"
     with caplog.at_level(logging.DEBUG, logger="mmfl.engine.vectorized"):
