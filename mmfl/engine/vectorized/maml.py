@@ -22,7 +22,8 @@ Adam. This trainer reproduces that loop for a chunk of clients at once:
 
 3FM's loss draws no random numbers (the model is checked for dropout), so the loop's per-client
 ``torch.manual_seed`` has nothing to reproduce. Updates equal the loop's to float rounding
-(``tests/test_threefm_vectorized.py``: 1e-6 after a round).
+(``tests/test_threefm_vectorized.py``: 1e-6 after a round). ``train.engine: auto`` keeps the loop
+for the second-order inner Adam, whose meta-gradient magnifies rounding (``trainer_for_3fm``).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ _HOOKS = ("client_update", "run_local", "train_local", "start_weights", "trainin
           "finish_update", "local_step", "local_epochs", "local_batch_size", "make_optimizer", "penalty",
           "updated_params")
 
-_TRAINERS: OrderedDict[str, "ThreeFMTrainer"] = OrderedDict()
+_TRAINERS: OrderedDict[str, "ThreeFMTrainer | str"] = OrderedDict()  # setting -> trainer, or why the loop
 _MAX_TRAINERS = 4
 # Seconds spent by the last ``updates`` call (as ``mmfl.engine.vectorized.last_timing``).
 last_timing: dict[str, float] = {}
@@ -276,9 +277,16 @@ def trainer_for_3fm(method: Method, cfg: ExperimentConfig, state: RoundState,
                 "1e-6 after a round (train.engine: vectorized trains these clients together anyway)")
     key = _key(cfg, state, p)
     found = _TRAINERS.get(key)
-    if found is not None:
-        _TRAINERS.move_to_end(key)
-        return found
+    if found is None:
+        found = _TRAINERS[key] = _prepare(method, cfg, state, sample, p)
+        while len(_TRAINERS) > _MAX_TRAINERS:
+            _TRAINERS.popitem(last=False)
+    _TRAINERS.move_to_end(key)
+    return found
+
+
+def _prepare(method: ThreeFM, cfg: ExperimentConfig, state: RoundState, sample: MultimodalDataset,
+             p: ThreeFMParams) -> ThreeFMTrainer | str:
     spec = DataSpec.from_json(state.meta["data_spec"])
     ctx = Context(cfg, spec, state.round + 1, -1, device_of(cfg), resources_for(cfg))
     model = method.load_model(state.model_weights(), ctx)
@@ -293,10 +301,4 @@ def trainer_for_3fm(method: Method, cfg: ExperimentConfig, state: RoundState,
         return "3FM's outer optimiser does not hold every model parameter"
     trainer = ThreeFMTrainer(method, model, p, torch.device(device_of(cfg)))
     probe = {n: t.detach() for n, t in trainer.model.named_parameters()}
-    reason = _probe(trainer.model, trainer.client_meta, probe, sample, p)
-    if reason:
-        return reason
-    _TRAINERS[key] = trainer
-    while len(_TRAINERS) > _MAX_TRAINERS:
-        _TRAINERS.popitem(last=False)
-    return trainer
+    return _probe(trainer.model, trainer.client_meta, probe, sample, p) or trainer
