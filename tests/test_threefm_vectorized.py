@@ -13,6 +13,7 @@ from mmfl.engine.vectorized.maml import ThreeFMTrainer
 from mmfl.engine.vectorized.stack import StackView
 from mmfl.methods import parse_experiment, resolve
 from tests.conftest import tiny_config_dict
+from tests.helpers.engines import federation, max_diff
 
 TOL = 1e-6
 # The paper's protocol: each client holds its modality subset in 20% of its samples, all in 80%.
@@ -29,15 +30,7 @@ def _setup(tmp_path: Path, params: dict | None = None, train: dict | None = None
     train = {"local_epochs": 2, "vector_chunk": 3, **(train or {})}
     method = {"name": "threefm", "params": {"inner_lr": 0.05, "outer_lr": 0.01, **(params or {})}}
     cfg = parse_experiment(tiny_config_dict(tmp_path, train=train, method=method, missing=missing or PROTOCOL))
-    data = steps.prepare_data(cfg)
-    shards = dict(enumerate(data.clients))
-    state = steps.init_state(cfg, data.spec)
-    return cfg, shards, state
-
-
-def _max_diff(a, b) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+    return (cfg, *federation(cfg))
 
 
 def _assert_same_round(cfg, shards, state) -> tuple[list, list]:
@@ -53,10 +46,10 @@ def _assert_same_round(cfg, shards, state) -> tuple[list, list]:
         assert v.metrics["local_steps"] == u.metrics["local_steps"]
         assert v.metrics.get("fallback_splits") == u.metrics.get("fallback_splits")
         assert v.metrics["train_loss"] == pytest.approx(u.metrics["train_loss"], abs=1e-5)
-        assert _max_diff(u.tensors, dict(v.tensors)) < TOL
+        assert max_diff(u.tensors, dict(v.tensors)) < TOL
     agg_loop, agg_vec = steps.aggregate(cfg, state, loop), steps.aggregate(cfg, state, vec)
-    assert _max_diff(agg_loop.tensors, agg_vec.tensors) < TOL
-    assert _max_diff(agg_loop.tensors, state.tensors) > 1e-3  # the round trained
+    assert max_diff(agg_loop.tensors, agg_vec.tensors) < TOL
+    assert max_diff(agg_loop.tensors, state.tensors) > 1e-3  # the round trained
     return loop, vec
 
 
@@ -134,6 +127,5 @@ def test_auto_picks_the_3fm_trainer_and_logs_no_loop_fallback(tmp_path, caplog):
 def test_a_model_with_dropout_uses_the_loop(tmp_path):
     cfg = parse_experiment(tiny_config_dict(tmp_path, missing=PROTOCOL, method={"name": "threefm"},
                                             model={"embed_dim": 16, "hidden": 32, "dropout": 0.2}))
-    data = steps.prepare_data(cfg)
-    state = steps.init_state(cfg, data.spec)
-    assert trainer_for(resolve(cfg).method, cfg, state, data.clients[0]) is None  # random masks: the loop
+    shards, state = federation(cfg)
+    assert trainer_for(resolve(cfg).method, cfg, state, shards[0]) is None  # random masks: the loop
