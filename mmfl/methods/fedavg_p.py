@@ -16,11 +16,10 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-from torch.nn import functional as F
 
 from mmfl.config import ExperimentConfig
 from mmfl.data.dataset import DataSpec, MultimodalDataset
-from mmfl.methods.base import NO_RESOURCES, Batch, Context, LocalData, Resources, params_of
+from mmfl.methods.base import NO_RESOURCES, Batch, Context, LocalData, Resources, masked_cross_entropy, params_of
 from mmfl.methods.fedprime import vilt_features
 from mmfl.methods.frozen_training import FrozenBackboneMethod, image_text_roles
 from mmfl.models.backbones import BackboneConfig
@@ -39,6 +38,7 @@ class FedAvgPParams(BaseModel):
 
 class FedAvgP(FrozenBackboneMethod):
     Params = FedAvgPParams
+    vectorizable = True
 
     def build_model(self, spec: DataSpec, cfg: ExperimentConfig, resources: Resources = NO_RESOURCES) -> nn.Module:
         p = params_of(cfg)
@@ -57,12 +57,8 @@ class FedAvgP(FrozenBackboneMethod):
 
     def batch_loss(self, model: nn.Module, batch: Batch, state: RoundState, ctx: Context):
         f = batch.extra
-        return F.cross_entropy(model.forward_cached(f["embeds"], f["mask"], f["missing_type"]), batch.labels)
-
-    def client_update(self, state: RoundState, shard: MultimodalDataset, ctx: Context) -> ClientUpdate:
-        model = self.load_model(state.model_weights(), ctx)
-        metrics = self.run_local(model, self.local_data(model, shard, state, ctx), ctx, state)
-        return self.trained_update(model, len(shard), metrics, ctx)
+        return masked_cross_entropy(model.forward_cached(f["embeds"], f["mask"], f["missing_type"]), batch.labels,
+                                    batch.weight)
 
     def aggregate(self, state: RoundState, updates: list[ClientUpdate], ctx: Context) -> RoundState:
         weights = self.average(state, [u.model_weights() for u in updates], [u.num_samples for u in updates], ctx)

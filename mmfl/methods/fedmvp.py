@@ -24,13 +24,12 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-from torch.nn import functional as F
 
 from mmfl.aggregation.cka import cka_weights
 from mmfl.config import ExperimentConfig
 from mmfl.data.dataset import DataSpec, MultimodalDataset
 from mmfl.errors import ConfigError
-from mmfl.methods.base import NO_RESOURCES, Batch, Context, LocalData, Resources, params_of
+from mmfl.methods.base import NO_RESOURCES, Batch, Context, LocalData, Resources, masked_cross_entropy, params_of
 from mmfl.methods.frozen_training import FrozenBackboneMethod
 from mmfl.models.backbones import BackboneConfig
 from mmfl.models.feature_cache import cached_features
@@ -84,8 +83,16 @@ def _heldout(data_json: str, n: int) -> dict[str, torch.Tensor]:
     return {k: v[:n] for k, v in test.inputs.items()}
 
 
+def _real_rows(batch: Batch) -> torch.Tensor:
+    """(B, M) bool: modality present (or completed by a generator) in a real sample; padding rows all False."""
+    if batch.weight is None:
+        return batch.present
+    return batch.present & (batch.weight > 0).unsqueeze(-1)
+
+
 class FedMVP(FrozenBackboneMethod):
     Params = FedMVPParams
+    vectorizable = True
 
     def encoders(self, spec: DataSpec, cfg: ExperimentConfig, resources: Resources = NO_RESOURCES) -> FrozenEncoders:
         return FrozenEncoders(spec, params_of(cfg).backbone, resources.store)
@@ -161,28 +168,36 @@ class FedMVP(FrozenBackboneMethod):
 
     # ---- client side -------------------------------------------------------------------------
     def local_data(self, model: nn.Module, shard: MultimodalDataset, state: RoundState, ctx: Context) -> LocalData:
+        """Frozen features of the completed shard: the frozen encoders and generators only, never the
+        client's weights (the same whichever weights the model holds)."""
         feats, present = self.prepared(shard.inputs, shard.present, ctx, labels=shard.labels)
+        model.check_complete(present)
         return LocalData({}, present, shard.labels, dict(feats))
 
     def batch_loss(self, model: nn.Module, batch: Batch, state: RoundState, ctx: Context):
-        p, pres = ctx.params, batch.present
+        p, pres, weight = ctx.params, batch.present, batch.weight
+        real = _real_rows(batch)
         z = model.tokens(batch.extra)
         h, outs = model.encode(model.completed(z, pres))
         frozen = [batch.extra[f"f/{n}"] for n in model.names]
-        ce = F.cross_entropy(model.head(h), batch.labels)
-        mcm = mcm_loss(outs, frozen, pres, model.project, p.temperature)
-        ram = ram_loss(h, frozen, pres, model.project, p.ram_margin)
-        comp = model.completion_loss(z, pres)
+        ce = masked_cross_entropy(model.head(h), batch.labels, weight)
+        mcm = mcm_loss(outs, frozen, real, model.project, p.temperature)
+        ram = ram_loss(h, frozen, real, model.project, p.ram_margin)
+        comp = model.completion_loss(z, pres, weight)
         loss = ce + p.mcm_weight * mcm + p.ram_weight * ram + p.completion_weight * comp
-        return loss, {"ce": float(ce.detach()), "mcm": float(mcm.detach()), "ram": float(ram.detach()),
-                      "completion": float(comp.detach())}
+        return loss, {"ce": ce.detach(), "mcm": mcm.detach(), "ram": ram.detach(), "completion": comp.detach()}
 
-    def client_update(self, state: RoundState, shard: MultimodalDataset, ctx: Context) -> ClientUpdate:
-        model = self.load_model(state.model_weights(), ctx)
-        data = self.local_data(model, shard, state, ctx)
-        metrics = self.run_local(model, data, ctx, state)
-        metrics["completed"] = float((data.present & ~shard.present).sum())  # modalities generated for this shard
-        return self.trained_update(model, len(shard), metrics, ctx)
+    def updated_params(self, model: nn.Module, batch: Batch, ctx: Context):
+        """A projection into modality n's frozen space learns only from transfer-loss terms with at
+        least two real rows of n; in a step without one it is left untouched (optimiser state too)."""
+        real = _real_rows(batch)
+        return {f"to_frozen.{n}.{k}": real[:, j].sum() >= 2
+                for j, n in enumerate(model.names) for k, _ in model.to_frozen[n].named_parameters()}
+
+    def finish_update(self, state: RoundState, shard: MultimodalDataset, weights, data: LocalData,
+                      metrics: dict[str, float], ctx: Context) -> ClientUpdate:
+        metrics = {**metrics, "completed": float((data.present & ~shard.present).sum())}  # modalities generated
+        return self.trained_update(weights, len(shard), metrics, ctx)
 
     # ---- server side -------------------------------------------------------------------------
     def _probe_kind(self, ctx: Context) -> str:

@@ -28,13 +28,13 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-from torch.nn import functional as F
 
 from mmfl.aggregation.nonparametric import MatchingConfig, match_prompts
 from mmfl.config import ExperimentConfig
 from mmfl.data.dataset import DataSpec, MultimodalDataset
 from mmfl.errors import ConfigError
-from mmfl.methods.base import NO_RESOURCES, Batch, Context, LocalData, Resources, derive_seed, params_of
+from mmfl.methods.base import (NO_RESOURCES, Batch, Context, LocalData, Resources, derive_seed,
+                               masked_cross_entropy, params_of)
 from mmfl.methods.frozen_training import FrozenBackboneMethod, image_text_roles
 from mmfl.models.backbones import BackboneConfig
 from mmfl.models.feature_cache import cached_features
@@ -43,6 +43,7 @@ from mmfl.state import ClientUpdate, RoundState
 
 QUERY_KEYS = ("intra.query.weight", "inter.query.weight")  # personalised: stay with their client
 INTER = "inter.prompts"  # matched on the server
+INTER_SERVED = "inter_served"  # per-prompt count of the steps that retrieved it
 
 
 class FedPrimeParams(BaseModel):
@@ -76,6 +77,7 @@ def matching_config(p: FedPrimeParams, seed: int) -> MatchingConfig:
 
 class FedPrime(FrozenBackboneMethod):
     Params = FedPrimeParams
+    vectorizable = True
 
     # ---- model and state -------------------------------------------------------------------
     def build_model(self, spec: DataSpec, cfg: ExperimentConfig, resources: Resources = NO_RESOURCES) -> nn.Module:
@@ -109,24 +111,28 @@ class FedPrime(FrozenBackboneMethod):
                 weights[k] = own
         return weights
 
+    def start_weights(self, state: RoundState, ctx: Context) -> dict[str, torch.Tensor]:
+        return self.client_weights(state, ctx.client_id)
+
     def local_data(self, model: nn.Module, shard: MultimodalDataset, state: RoundState, ctx: Context) -> LocalData:
-        feats = dict(vilt_features(model, shard.inputs, shard.present, ctx))
-        used = torch.zeros(model.inter.prompts.shape[0], dtype=torch.bool)
-        return LocalData({}, shard.present, shard.labels, feats, aux={"inter_used": used})
+        """Cached frozen ViLT embeddings; they depend on the frozen backbone only, not on the client's weights."""
+        return LocalData({}, shard.present, shard.labels, dict(vilt_features(model, shard.inputs, shard.present, ctx)))
 
     def batch_loss(self, model: nn.Module, batch: Batch, state: RoundState, ctx: Context):
-        logits, reg, inter_ids = model.forward_cached(batch.extra["embeds"], batch.extra["mask"])
-        batch.aux["inter_used"][inter_ids.cpu()] = True
-        ce = F.cross_entropy(logits, batch.labels)
-        return ce + ctx.params.reg_weight * reg, {"ce": float(ce.detach()), "retrieval_reg": float(reg.detach())}
+        logits, reg, inter_ids = model.forward_cached(batch.extra["embeds"], batch.extra["mask"], batch.weight)
+        pool = model.inter.prompts.shape[0]
+        # Which inter prompts this step served, as a (pool,) indicator summed over the steps (LocalData.totals).
+        served = (inter_ids.unsqueeze(-1) == torch.arange(pool, device=logits.device)).any(0).to(logits.dtype)
+        ce = masked_cross_entropy(logits, batch.labels, batch.weight)
+        return ce + ctx.params.reg_weight * reg, {"ce": ce.detach(), "retrieval_reg": reg.detach(), INTER_SERVED: served}
 
-    def client_update(self, state: RoundState, shard: MultimodalDataset, ctx: Context) -> ClientUpdate:
-        model = self.load_model(self.client_weights(state, ctx.client_id), ctx)
-        data = self.local_data(model, shard, state, ctx)
-        metrics = self.run_local(model, data, ctx, state)
-        used = data.aux["inter_used"]
+    def finish_update(self, state: RoundState, shard: MultimodalDataset, weights, data: LocalData,
+                      metrics: dict[str, float], ctx: Context) -> ClientUpdate:
+        """The trained model plus ``aux/inter_used``: the inter prompts retrieved at least once (matched on the server)."""
+        pool = int(weights[f"model/{INTER}"].shape[0])
+        used = data.totals.get(INTER_SERVED, torch.zeros(pool)).cpu() > 0
         metrics["inter_retrieved"] = float(used.sum())
-        return self.trained_update(model, len(shard), metrics, ctx, {"aux/inter_used": used.to(torch.uint8)})
+        return self.trained_update(weights, len(shard), metrics, ctx, {"aux/inter_used": used.to(torch.uint8)})
 
     # ---- server side -------------------------------------------------------------------------
     def aggregate(self, state: RoundState, updates: list[ClientUpdate], ctx: Context) -> RoundState:

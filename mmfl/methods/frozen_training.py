@@ -8,10 +8,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from mmfl.data.dataset import DataSpec
+from mmfl.data.dataset import DataSpec, MultimodalDataset
 from mmfl.state import ClientUpdate, RoundState
 from mmfl.errors import ConfigError
-from mmfl.methods.base import Context, Method
+from mmfl.methods.base import Context, LocalData, Method
 
 log = logging.getLogger("mmfl.communication")
 
@@ -48,16 +48,24 @@ def make_optimizer(params, kind: str, ctx: Context) -> torch.optim.Optimizer:
 class FrozenBackboneMethod(Method):
     """A method that trains small modules over cached features of a frozen backbone.
 
-    ``local_data`` carries the cached features in ``extra``; the optimiser is ``params.optimizer``.
+    ``local_data`` carries the cached features in ``extra`` (computed by the frozen backbone alone,
+    so they do not depend on the weights a client starts from); the optimiser is
+    ``params.optimizer``; ``finish_update`` reports the update's payload size (``model_bytes``,
+    ``bytes_up``).
     """
 
     def make_optimizer(self, model: nn.Module, ctx: Context) -> torch.optim.Optimizer:
         return make_optimizer(model.parameters(), ctx.params.optimizer, ctx)
 
-    def trained_update(self, model: nn.Module, shard_size: int, metrics: dict[str, float], ctx: Context,
-                       extra: Mapping[str, torch.Tensor] | None = None) -> ClientUpdate:
-        """The update of a locally trained model (plus ``extra`` tensors), with its payload size in the metrics."""
-        tensors = {f"model/{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    def finish_update(self, state: RoundState, shard: MultimodalDataset, weights: Mapping[str, torch.Tensor],
+                      data: LocalData, metrics: dict[str, float], ctx: Context) -> ClientUpdate:
+        return self.trained_update(weights, len(shard), metrics, ctx)
+
+    def trained_update(self, weights: Mapping[str, torch.Tensor], shard_size: int, metrics: dict[str, float],
+                       ctx: Context, extra: Mapping[str, torch.Tensor] | None = None) -> ClientUpdate:
+        """The update of locally trained ``model/`` weights (plus ``extra`` tensors), with its payload size in the metrics."""
+        tensors = {k: v.detach().cpu().clone() for k, v in weights.items()}
+        metrics = dict(metrics)
         metrics["model_bytes"] = float(tensor_bytes(tensors))
         tensors.update(extra or {})
         metrics["bytes_up"] = float(tensor_bytes(tensors))

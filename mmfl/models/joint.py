@@ -39,31 +39,44 @@ class JointModel(nn.Module):
         return torch.stack([self.proj[n](feats[f"f/{n}"]) for n in self.names], dim=1)
 
     def completed(self, z: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """Tokens of absent modalities replaced by their translation from the present ones."""
+        """Tokens of absent modalities replaced by their translation from the present ones.
+
+        Without translators every modality must be present (``check_complete``; not checked here,
+        so that this runs per client under ``torch.func.vmap``).
+        """
         if self.complete is None:
-            if not bool(present.all()):
-                raise ValueError("a modality is missing but this joint model has no translator (generative completion)")
             return z
         w = present.float().unsqueeze(-1)
         context = (z * w).sum(1) / w.sum(1).clamp_min(1.0)  # (B, dim)
         guess = torch.stack([self.complete[n](context) for n in self.names], dim=1)
         return torch.where(present.unsqueeze(-1), z, guess)
 
-    def completion_loss(self, z: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """Train each translator on samples where its modality and another one are present."""
+    def check_complete(self, present: torch.Tensor) -> None:
+        """A model without translators cannot complete: refuse inputs with a missing modality."""
+        if self.complete is None and not bool(present.all()):
+            raise ValueError("a modality is missing but this joint model has no translator (generative completion)")
+
+    def completion_loss(self, z: torch.Tensor, present: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Train each translator on samples where its modality and another one are present.
+
+        ``weight`` (B,) 0/1 leaves padding rows out. Masks instead of row selection (vmap-safe).
+        """
         if self.complete is None:
             return z.new_zeros(())
-        losses = []
-        w = present.float().unsqueeze(-1)
+        w = present.to(z.dtype).unsqueeze(-1)
+        live = present if weight is None else present & (weight > 0).unsqueeze(-1)
+        terms, used = [], []
         for j, n in enumerate(self.names):
-            others = w.clone()
-            others[:, j] = 0
-            ok = present[:, j] & (others.squeeze(-1).sum(1) > 0)
-            if ok.any():
-                context = (z[ok] * others[ok]).sum(1) / others[ok].sum(1)
-                target = z[ok, j].detach()
-                losses.append(1 - F.cosine_similarity(self.complete[n](context), target, dim=-1).mean())
-        return torch.stack(losses).mean() if losses else z.new_zeros(())
+            keep = torch.ones(len(self.names), 1, dtype=z.dtype, device=z.device)
+            keep[j] = 0
+            others = w * keep  # (B, M, 1): the sample's present modalities other than j
+            ok = (live[:, j] & (others.squeeze(-1).sum(1) > 0)).to(z.dtype)
+            context = (z * others).sum(1) / others.sum(1).clamp_min(1.0)
+            cos = F.cosine_similarity(self.complete[n](context), z[:, j].detach(), dim=-1)
+            terms.append(1 - (cos * ok).sum() / ok.sum().clamp_min(1.0))
+            used.append((ok.sum() > 0).to(z.dtype))
+        u = torch.stack(used)
+        return (torch.stack(terms) * u).sum() / u.sum().clamp_min(1.0)
 
     def encode(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(joint representation (B, dim), contextual output tokens (B, M, dim))."""
@@ -79,4 +92,5 @@ class JointModel(nn.Module):
         return self.to_frozen[self.names[j]](x)
 
     def forward(self, feats: dict[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
+        self.check_complete(present)
         return self.head(self.joint(self.completed(self.tokens(feats), present)))

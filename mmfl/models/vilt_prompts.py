@@ -58,14 +58,27 @@ class PoolerHead(nn.Module):
         return self.classifier(torch.tanh(self.dense(hidden[:, index])))
 
 
-def batchwise_top_k(similarity: torch.Tensor, k: int) -> torch.Tensor:
-    """The k prompt ids chosen most often when every row picks its own top-k (ties: lower id first)."""
-    k = min(k, similarity.shape[1])
-    picks = similarity.topk(k, dim=1).indices.flatten()
-    counts = torch.bincount(picks, minlength=similarity.shape[1])
-    ids = torch.arange(similarity.shape[1], device=similarity.device)
-    order = sorted(range(similarity.shape[1]), key=lambda i: (-int(counts[i]), i))
-    return ids[order[:k]]
+def batchwise_top_k(similarity: torch.Tensor, k: int, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The k prompt ids chosen most often when every row picks its own top-k (ties: lower id first).
+
+    ``weight`` (B,) 0/1 leaves padding rows out of the vote. Tensor operations only (vmap-safe):
+    the votes are counted exactly, so a stable descending sort breaks ties by the lower id.
+    """
+    n = similarity.shape[1]
+    k = min(k, n)
+    picks = similarity.topk(k, dim=1).indices  # (B, k)
+    votes = (picks.unsqueeze(-1) == torch.arange(n, device=similarity.device)).sum(1).to(similarity.dtype)  # (B, n)
+    if weight is not None:
+        votes = votes * weight.to(votes.dtype).unsqueeze(-1)
+    return torch.sort(votes.sum(0), descending=True, stable=True).indices[:k]
+
+
+def _row_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean of per-row ``values`` over the rows of weight 1 (all rows when ``weight`` is None)."""
+    if weight is None:
+        return values.mean()
+    w = weight.to(values.dtype)
+    return (values * w).sum() / w.sum().clamp_min(1.0)
 
 
 class PromptPool(nn.Module):
@@ -84,14 +97,18 @@ class PromptPool(nn.Module):
         if size != self.prompts.shape[0]:
             self.prompts = nn.Parameter(self.prompts.new_zeros(size, *self.prompts.shape[1:]))
 
-    def retrieve(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(chosen ids (k,), chosen prompt tokens (k * length, H), regulariser) for max-pooled inputs (B, H)."""
+    def retrieve(self, pooled: torch.Tensor, weight: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(chosen ids (k,), chosen prompt tokens (k * length, H), regulariser) for max-pooled inputs (B, H).
+
+        ``weight`` (B,) 0/1: rows of weight 0 (padding) neither vote nor count in the regulariser.
+        """
         keys = F.normalize(self.prompts.mean(dim=1), dim=-1)
         q = F.normalize(self.query(pooled), dim=-1)
         sim = q @ keys.T
-        ids = batchwise_top_k(sim.detach(), self.top_k)
-        reg = (1.0 - sim[:, ids]).sum(dim=1).mean()
-        return ids, self.prompts[ids].flatten(0, 1), reg
+        ids = batchwise_top_k(sim.detach(), self.top_k, weight)
+        reg = _row_mean((1.0 - sim.index_select(1, ids)).sum(dim=1), weight)
+        return ids, self.prompts.index_select(0, ids).flatten(0, 1), reg
 
 
 class _FrozenVilt(nn.Module):
@@ -144,9 +161,15 @@ class _FrozenVilt(nn.Module):
         return {"embeds": emb, "mask": mask, "missing_type": missing}
 
     def _mask(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        from transformers.masking_utils import create_bidirectional_mask
+        """ViLT's additive attention mask of a (B, L) padding mask: 0 where attended, the dtype's
+        minimum elsewhere (transformers' bidirectional eager mask, broadcast over the queries).
 
-        return create_bidirectional_mask(config=self.backbone.config, inputs_embeds=x, attention_mask=mask)
+        Built with tensor operations only, so that it runs per client under ``torch.func.vmap``
+        (transformers' own helper skips an all-attended mask with a data-dependent branch; adding
+        zeros instead gives the same scores).
+        """
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        return torch.where(mask.bool()[:, None, None, :], zero, torch.finfo(x.dtype).min)
 
 
 class PrimeVilt(_FrozenVilt):
@@ -159,12 +182,16 @@ class PrimeVilt(_FrozenVilt):
         self.intra = PromptPool(pool_size, prompt_length, self.hidden, top_k, self.patch_size)
         self.inter = PromptPool(pool_size, prompt_length, self.hidden, top_k, self.patch_size)
 
-    def forward_cached(self, embeds: torch.Tensor, mask: torch.Tensor):
-        """(logits, retrieval regulariser, ids of the inter prompts this batch used)."""
+    def forward_cached(self, embeds: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None = None):
+        """(logits, retrieval regulariser, ids of the inter prompts this batch used).
+
+        ``weight`` (B,) 0/1 marks the real rows of a padded batch: only they choose the prompts
+        and enter the regulariser (each row's logits depend on its own inputs and the prompts).
+        """
         b = embeds.shape[0]
         pooled = embeds.max(dim=1).values
-        _, intra, r1 = self.intra.retrieve(pooled)
-        inter_ids, inter, r2 = self.inter.retrieve(pooled)
+        _, intra, r1 = self.intra.retrieve(pooled, weight)
+        inter_ids, inter, r2 = self.inter.retrieve(pooled, weight)
         prompts = torch.cat([intra, inter]).unsqueeze(0).expand(b, -1, -1)
         x = torch.cat([prompts, embeds], dim=1)
         m = torch.cat([mask.new_ones(b, prompts.shape[1]), mask], dim=1)
