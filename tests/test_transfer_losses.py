@@ -49,3 +49,23 @@ def test_mcm_matches_each_modality_token_to_the_other_modalitys_frozen_feature()
     one = torch.zeros(8, 2, dtype=torch.bool)
     one[0] = True
     assert float(mcm_loss(own, [f_img, f_txt], one, _identity, 0.1)) == 0.0
+
+
+def test_rows_left_out_count_as_absent_and_get_no_gradient():
+    g = torch.Generator().manual_seed(2)
+    outputs = torch.randn(7, 2, 5, generator=g, requires_grad=True)
+    h = torch.randn(7, 5, generator=g, requires_grad=True)
+    frozen = [torch.randn(7, 5, generator=g), torch.randn(7, 5, generator=g)]
+    real = torch.tensor([[1, 1], [1, 0], [1, 1], [0, 1], [1, 1], [1, 1], [1, 1]], dtype=torch.bool)
+    keep = torch.tensor([True, True, True, True, True, False, False])  # the last two rows are padding
+    masked = real & keep.unsqueeze(1)
+    for loss, subset in (
+        (mcm_loss(outputs, frozen, masked, _identity, 0.1),
+         mcm_loss(outputs[keep], [f[keep] for f in frozen], real[keep], _identity, 0.1)),
+        (ram_loss(h, frozen, masked, _identity, 0.2), ram_loss(h[keep], [f[keep] for f in frozen], real[keep], _identity, 0.2)),
+    ):
+        torch.testing.assert_close(loss, subset)
+    total = mcm_loss(outputs, frozen, masked, _identity, 0.1) + ram_loss(h, frozen, masked, _identity, 0.2)
+    total.backward()
+    assert outputs.grad[~keep].abs().sum() == 0 and h.grad[~keep].abs().sum() == 0
+    assert outputs.grad[keep].abs().sum() > 0 and h.grad[keep].abs().sum() > 0

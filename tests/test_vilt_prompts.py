@@ -111,3 +111,21 @@ def test_fedavg_p_prompt_set_follows_the_samples_missing_type():
     loss.backward()
     grad = model.prompts.grad.abs().flatten(1).sum(1)
     assert grad[COMPLETE] > 0 and grad[MISSING_TEXT] == 0 and grad[MISSING_IMAGE] == 0
+
+
+def test_padding_rows_neither_vote_nor_enter_the_regulariser():
+    sim = torch.tensor([[0.9, 0.8, 0.1, 0.0], [0.9, 0.1, 0.8, 0.0], [0.7, 0.1, 0.9, 0.0]])
+    assert batchwise_top_k(sim, 2, torch.tensor([1.0, 1.0, 0.0])).tolist() == [0, 1]  # row 2's vote for 2 is gone
+    torch.manual_seed(0)
+    model = PrimeVilt(4, NAMES, "image", "text", (12,), BACKBONE, pool_size=6, top_k=2, prompt_length=1)
+    real = model.frozen_features(*batch(4, seed=0))
+    # Six padding rows that, were they counted, would outvote the four real ones.
+    embeds = torch.cat([real["embeds"], -real["embeds"][:1].repeat(6, 1, 1)])
+    mask = torch.cat([real["mask"], real["mask"][:1].repeat(6, 1)])
+    weight = torch.tensor([1.0] * 4 + [0.0] * 6)
+    logits, reg, ids = model.forward_cached(real["embeds"], real["mask"])
+    assert not torch.equal(model.forward_cached(embeds, mask)[2], ids)
+    p_logits, p_reg, p_ids = model.forward_cached(embeds, mask, weight)
+    assert torch.equal(p_ids, ids)
+    torch.testing.assert_close(p_reg, reg)
+    torch.testing.assert_close(p_logits[:4], logits)
