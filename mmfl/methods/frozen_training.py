@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from mmfl.data.dataset import DataSpec, MultimodalDataset
-from mmfl.state import ClientUpdate, RoundState
+from mmfl.state import ClientUpdate, RoundState, StackedRow
 from mmfl.errors import ConfigError
 from mmfl.methods.base import Context, LocalData, Method
 
@@ -17,7 +18,13 @@ log = logging.getLogger("mmfl.communication")
 
 
 def tensor_bytes(tensors: Mapping[str, torch.Tensor]) -> int:
-    """Payload size of a tensor dict (what travels), excluding the container's small header."""
+    """Payload size of a tensor dict (what travels), excluding the container's small header.
+
+    A row of a stack of clients (``StackedRow``) is sized from its shapes, without reading it.
+    """
+    if isinstance(tensors, StackedRow):
+        shapes = (tensors.shape_dtype(k) for k in tensors)
+        return int(sum(math.prod(shape) * dtype.itemsize for shape, dtype in shapes))
     return int(sum(t.numel() * t.element_size() for t in tensors.values()))
 
 
@@ -63,12 +70,15 @@ class FrozenBackboneMethod(Method):
 
     def trained_update(self, weights: Mapping[str, torch.Tensor], shard_size: int, metrics: dict[str, float],
                        ctx: Context, extra: Mapping[str, torch.Tensor] | None = None) -> ClientUpdate:
-        """The update of locally trained ``model/`` weights (plus ``extra`` tensors), with its payload size in the metrics."""
-        tensors = {k: v.detach().cpu().clone() for k, v in weights.items()}
+        """The update of locally trained ``model/`` weights (plus ``extra`` tensors), with its payload size
+        in the metrics. A row of the vectorized engine's stack stays where it is when nothing joins it."""
         metrics = dict(metrics)
-        metrics["model_bytes"] = float(tensor_bytes(tensors))
+        metrics["model_bytes"] = float(tensor_bytes(weights))
+        metrics["bytes_up"] = metrics["model_bytes"] + float(tensor_bytes(extra or {}))
+        if isinstance(weights, StackedRow) and not extra:
+            return ClientUpdate(ctx.client_id, shard_size, weights, metrics)
+        tensors = {k: v.detach().cpu().clone() for k, v in weights.items()}
         tensors.update(extra or {})
-        metrics["bytes_up"] = float(tensor_bytes(tensors))
         return ClientUpdate(ctx.client_id, shard_size, tensors, metrics)
 
     def next_state(self, state: RoundState, tensors: dict[str, torch.Tensor], meta: dict, updates: Sequence[ClientUpdate]) -> RoundState:
