@@ -104,6 +104,11 @@ bench-fedprime: install
 	mkdir -p runs/bench
 	HF_HUB_OFFLINE=1 PYTHONPATH=. $(PY) bench/fedprime_vs_fedavg_p.py --plot runs/bench/fedprime.png
 
+## bench-frozen-vectorized: one round of FED-PRIME, FedAvg-P and FedMVP-lite, vectorized engine vs loop
+.PHONY: bench-frozen-vectorized
+bench-frozen-vectorized: install
+	HF_HUB_OFFLINE=1 PYTHONPATH=. $(PY) bench/frozen_vectorized.py
+
 .PHONY: bench-pmcmfl bench-flexmod bench-3fm bench-3fm-engine
 
 ## bench-pmcmfl: PmcmFL (paper) vs FedAvg and zero-fill under the paper's protocol on mfeat and BasicMotions, 3 seeds
