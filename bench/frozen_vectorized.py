@@ -14,7 +14,7 @@ equal sizes), missing both at 0.5, one local
 epoch, batch 16, a random ViLT / CLIP of hidden 64 and 2 layers, the methods' default pools and
 optimisers (FED-PRIME: pools of 20, top-k 5, SGD; FedMVP: AdamW, joint width 64).
 
-    PYTHONPATH=. python bench/frozen_vectorized.py [--clients 10] [--alpha 1.0] [--repeats 3] [--threads 2]
+    PYTHONPATH=. python bench/frozen_vectorized.py [--clients 10] [--alpha 1.0] [--repeats 7] [--threads 1]
 """
 
 from __future__ import annotations
@@ -73,8 +73,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--per-class", type=int, default=60)
     parser.add_argument("--alpha", type=float, default=1.0, help="Dirichlet label skew (unequal clients); 0: IID")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (with 2 on a shared 2-core machine a busy neighbour stalls every parallel region)")
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
