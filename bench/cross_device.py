@@ -41,14 +41,16 @@ def worker(population: int, sampled: int, rounds: int) -> dict:
     cfg = make_config(w, engine="auto")
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"clients_per_round": sampled / population})})
     method, state = WorkloadMethod(w), initial_state(w)
+    from mmfl.data.dataset import DataSpec
     from mmfl.engine.vectorized import client_train_vectorized
+    from mmfl.methods.base import Context
 
     times = []
     for r in range(1, rounds + 2):  # round 1 is warm-up
         t0 = time.perf_counter()
         ids = steps.sample_clients(cfg, r)
         updates = client_train_vectorized(cfg, state, shards, ids, method=method)
-        state = method.aggregate(state, updates, None)
+        state = method.aggregate(state, updates, Context(cfg, DataSpec.from_json(state.meta["data_spec"]), r))
         times.append(time.perf_counter() - t0)
     assert len(ids) == sampled and len(shards.materialized) <= sampled * (rounds + 1)
     data_mb = population * w.samples * (sum(w.dims) * 4 + 8 + len(w.dims)) / 2**20

@@ -55,8 +55,10 @@ def run_worker(name: str, mode: str, rounds: int, warmup: int, clients: int, chu
         result["peak_note"] = "driver process only" if mode == "flower" else "process RSS"
         return result
 
+    from mmfl.data.dataset import DataSpec
     from mmfl.engine import vectorized
     from mmfl.engine.vectorized import client_train_vectorized, loop_train
+    from mmfl.methods.base import Context
 
     shards = make_shards(w)
     state = initial_state(w)
@@ -77,7 +79,7 @@ def run_worker(name: str, mode: str, rounds: int, warmup: int, clients: int, chu
         if gpu:
             torch.cuda.synchronize()
         t1 = time.perf_counter()
-        new = method.aggregate(state, updates, None)
+        new = method.aggregate(state, updates, Context(cfg, DataSpec.from_json(state.meta["data_spec"]), state.round + 1))
         engine.append(vectorized.last_timing.get("device_s", t1 - t0) if mode != "loop" else t1 - t0)
         cpu.append(time.process_time() - c0)
         return new, t1 - t0, time.perf_counter() - t0
