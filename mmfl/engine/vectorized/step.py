@@ -74,13 +74,18 @@ def make_client_loss(model: nn.Module, fixed: Tensors, anchor: Tensors, penalty:
     return client_loss
 
 
-def make_step(client_loss: Callable, sgd: SGDSettings, masked: bool, transform: bool = False) -> Callable:
+def make_step(client_loss: Callable, sgd: SGDSettings, masked: bool, transform: bool = False,
+              swap: bool = False) -> Callable:
     """``step(params, bufs, inputs, present, labels, weight, active) -> losses``, updating in place.
 
     All tensors carry the client dimension first; ``params`` and ``bufs`` (momentum) are
-    overwritten with their values after the step, with the same ``_foreach`` arithmetic as
-    ``torch.optim.SGD``. ``masked=False`` skips the padding mask for steps where every client
-    is active (cheaper, same result).
+    overwritten with their values after the step, with ``torch.optim.SGD``'s arithmetic
+    (``buf = momentum * buf + grad``, ``p -= lr * buf``) in ``_foreach`` ops. ``masked=False``
+    skips the padding mask for steps where every client is active (cheaper, same result).
+    ``swap=True`` lets the step put the new momentum in ``bufs`` by reference (the fresh gradient
+    tensor it was computed in) instead of copying it into the old buffer: two fewer passes over
+    the stacked parameters, for callers that do not need ``bufs``' tensors to stay the same
+    objects (a CUDA graph does).
     """
     def per_client(*args):
         return batched_grad(client_loss, *args, transform=transform)
@@ -95,7 +100,10 @@ def make_step(client_loss: Callable, sgd: SGDSettings, masked: bool, transform: 
         if sgd.weight_decay:
             torch._foreach_add_(g, p, alpha=sgd.weight_decay)
         if not masked:
-            if sgd.momentum:
+            if sgd.momentum and swap:
+                torch._foreach_add_(g, b, alpha=sgd.momentum)  # g becomes the new momentum buffer
+                bufs.update(zip(names, g))
+            elif sgd.momentum:
                 torch._foreach_mul_(b, sgd.momentum)
                 torch._foreach_add_(b, g)
                 g = b

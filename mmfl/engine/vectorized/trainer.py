@@ -96,7 +96,7 @@ class VectorTrainer:
 
     def _build_steps(self) -> None:
         for masked in (False, True):
-            step = make_step(self.client_loss, self.sgd, masked, self.transform)
+            step = make_step(self.client_loss, self.sgd, masked, self.transform, swap=not (self.static_buffers or self.compile))
             self._steps[masked] = torch.compile(step, dynamic=False) if self.compile else step
 
     def set_global(self, weights: Tensors) -> None:
