@@ -46,3 +46,18 @@ def test_an_upward_import_breaks_the_layers(tmp_path):
                          capture_output=True, text=True, timeout=600, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert out.returncode != 0
     assert "mmfl.aggregation.mean -> mmfl.engine.steps" in out.stdout
+
+
+def test_report_runs_without_torch(tmp_path):
+    """`mmfl report` reads runs and plots them: no torch, torchmetrics or scikit-learn to import."""
+    code = (
+        "import sys\n"
+        "from mmfl.cli import main\n"
+        f"assert main(['report', '--tracking-uri', 'sqlite:///{tmp_path / 'r.db'}', '--experiment', 'x']) == 0\n"
+        "print('imported:' + ','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchmetrics', 'sklearn'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "no finished runs" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "imported:"
