@@ -371,8 +371,10 @@ def round_client_metrics(summary: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def record_round_clients(tracker: Any, round_index: int, summary: dict[str, Any]) -> None:
-    """Log client counts (step = round) and, when something went wrong, which clients and why."""
-    tracker.log_metrics(round_client_metrics(summary), step=round_index)
+def record_round_clients(tracker: Any, round_index: int, summary: dict[str, Any],
+                         metrics: dict[str, float] | None = None) -> None:
+    """Log client counts (step = round), in one batch with the round's other ``metrics``, and, when
+    something went wrong, which clients and why."""
+    tracker.log_metrics({**(metrics or {}), **round_client_metrics(summary)}, step=round_index)
     if summary["failed"] or summary["rejected"] or summary.get("capped"):
         tracker.log_dict({"round": round_index, **summary}, f"clients/round_{round_index:05d}.json")

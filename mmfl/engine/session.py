@@ -169,8 +169,8 @@ class ExperimentSession:
         """Log the round, then commit its checkpoint (a retried task logs again, never loses a round)."""
         last = state.meta["history"][-1]
         summary = clients_summary(state)
-        self.tracker.log_metrics({**round_metrics(last, evaluation), **self.round_cost_metrics(last)}, step=state.round)
-        record_round_clients(self.tracker, state.round, summary)
+        record_round_clients(self.tracker, state.round, summary,  # one tracker write per round
+                             {**round_metrics(last, evaluation), **self.round_cost_metrics(last)})
         save_round(self.store, self.exp_id, state, {"eval": evaluation, "train_loss": last["train_loss"], "clients": summary,
                                                     **{k: last[k] for k in steps.EFFICIENCY_METRICS if k in last}})
 
