@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from mmfl.config import DataConfig
 from mmfl.data.dataset import DataSpec, MultimodalDataset
@@ -19,6 +18,8 @@ def load_dataset(cfg: DataConfig) -> tuple[MultimodalDataset, MultimodalDataset]
     vectors (with a floor on the deviation so near-constant features do not explode on unseen
     samples), per channel for images and series (so pixels keep their spatial relations).
     """
+    from sklearn.model_selection import train_test_split  # with scipy and pandas: a second to import
+
     raw = load_raw(cfg)
     idx = np.arange(len(raw.labels))
     try:

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
 from mmfl.config import ExperimentConfig
 from mmfl.data import FederatedData, build_federated_data
@@ -190,6 +189,10 @@ def evaluate(
     cfg: ExperimentConfig, state: RoundState, test: MultimodalDataset, batch_size: int = 512
 ) -> dict[str, dict[str, float]]:
     """Accuracy and macro-F1 of the global model for every test pattern: {pattern: {acc, f1}}."""
+    # imported here: torchmetrics takes seconds to import (matplotlib, transformers), and most
+    # pipeline tasks never evaluate
+    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
     method, spec = method_of(cfg), spec_of(state)
     ctx = context(cfg, spec, state.round)
     model = method.load_model(state.model_weights(), ctx)
