@@ -38,7 +38,7 @@ from mmfl.config import ExperimentConfig
 from mmfl.data.dataset import DataSpec, MultimodalDataset
 from mmfl.engine.resources import device_of, resources_for
 from mmfl.engine.vectorized.batches import num_local_steps, plan_chunks
-from mmfl.engine.vectorized.method_trainer import method_trainer_for
+from mmfl.engine.vectorized.method_trainer import method_trainer_for, override_reason
 from mmfl.engine.vectorized.stack import ClientStack
 from mmfl.engine.vectorized.step import SGDSettings
 from mmfl.engine.vectorized.trainer import VectorTrainer
@@ -80,13 +80,8 @@ def _special(method: Method, cfg: ExperimentConfig, state: RoundState, sample: M
 
 
 def method_reason(method: Method) -> str | None:
-    """Why a method's local training is not reproduced here, or None when it is."""
-    if not method.vectorizable:
-        return f"method {method.name!r} has vectorizable = False (custom local training)"
-    changed = [h for h in REPRODUCED_HOOKS if getattr(type(method), h) is not getattr(Method, h)]
-    if changed:
-        return f"method {method.name!r} overrides {', '.join(changed)}, which this engine does not reproduce"
-    return None
+    """Why the plain trainer does not reproduce a method's local training, or None when it does."""
+    return override_reason(method, REPRODUCED_HOOKS, "this engine")
 
 
 def _setting_key(method: Method, cfg: ExperimentConfig, spec: DataSpec, cuda_graph: bool, static_buffers: bool) -> str:

@@ -54,14 +54,19 @@ LOOP_ONLY_HOOKS = ("client_update", "train_local", "run_local", "local_step")
 _UPDATED = "__updated__/"
 
 
-def method_reason(method: Method) -> str | None:
-    """Why this trainer does not reproduce the method's local training, or None when it does."""
+def override_reason(method: Method, hooks: tuple[str, ...], trainer: str) -> str | None:
+    """Why ``trainer`` does not reproduce the method: not vectorizable, or it overrides one of ``hooks``."""
     if not method.vectorizable:
         return f"method {method.name!r} has vectorizable = False (custom local training)"
-    changed = [h for h in LOOP_ONLY_HOOKS if getattr(type(method), h) is not getattr(Method, h)]
+    changed = [h for h in hooks if getattr(type(method), h) is not getattr(Method, h)]
     if changed:
-        return f"method {method.name!r} overrides {', '.join(changed)}, which the vectorized engine does not reproduce"
+        return f"method {method.name!r} overrides {', '.join(changed)}, which {trainer} does not reproduce"
     return None
+
+
+def method_reason(method: Method) -> str | None:
+    """Why this trainer does not reproduce the method's local training, or None when it does."""
+    return override_reason(method, LOOP_ONLY_HOOKS, "the vectorized engine")
 
 
 class _Loss(nn.Module):
