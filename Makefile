@@ -146,7 +146,7 @@ $(BENCH_STAMP): bench/requirements.txt $(STAMP)
 
 ## bench: vectorized client engine vs per-client loop vs Flower vs pfl-research; cross-device scaling; pipeline overhead; docs/benchmarks.md
 bench: install $(BENCH_STAMP)
-	PYTHONPATH=$(CURDIR) $(PY) -m bench.vectorized --out docs/benchmarks.md --pfl-python $(BENCH_VENV)/bin/python
+	PYTHONPATH=$(CURDIR) $(PY) -m bench.vectorized --threads 1,2 --out docs/benchmarks.md --pfl-python $(BENCH_VENV)/bin/python
 	PYTHONPATH=$(CURDIR) $(PY) -m bench.cross_device --out docs/benchmarks.md
 	PYTHONPATH=$(CURDIR) $(PY) -m bench.make_run --out docs/benchmarks.md
 	$(MAKE) bench-pipeline
