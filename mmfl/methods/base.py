@@ -11,6 +11,8 @@ Every hook an engine may call is declared here:
   vectorized engine both add it, so it is written once
 - ``local_step`` -> one optimiser step on a batch (MAML-style methods override it)
 - ``updated_params`` -> which parameters a step updates (default: every one with a gradient)
+- ``inexact_vectorized`` -> why clients trained together would differ from the loop beyond float
+  rounding in a setting (``train.engine: auto`` then uses the loop)
 - ``start_weights`` / ``training_shard`` / ``finish_update`` -> where a client starts (personal
   parts), which of its samples train, and what it sends back besides the trained model
 - ``local_epochs`` / ``local_batch_size`` / ``make_optimizer`` -> the local budget and optimiser
@@ -242,6 +244,12 @@ class Method:
         """The client's update from its trained ``weights`` (``model/``-prefixed; read-only, possibly a
         row of a stack of clients), its ``LocalData`` (with ``totals``) and metrics."""
         return ClientUpdate(ctx.client_id, len(data), weights, metrics)
+
+    def inexact_vectorized(self, ctx: Context) -> str | None:
+        """Why training this method's clients together, though supported, is known to differ from the loop
+        by more than float rounding (1e-6 after a round) in this setting, or None. ``train.engine: auto``
+        then trains them one by one, saying this; ``vectorized`` trains them together anyway."""
+        return None
 
     def updated_params(self, model: nn.Module, batch: Batch, ctx: Context) -> Mapping[str, torch.Tensor] | None:
         """Per trainable parameter name, a 0-dim bool tensor: does this step update it? None: every

@@ -97,6 +97,13 @@ class FedMVP(FrozenBackboneMethod):
     def encoders(self, spec: DataSpec, cfg: ExperimentConfig, resources: Resources = NO_RESOURCES) -> FrozenEncoders:
         return FrozenEncoders(spec, params_of(cfg).backbone, resources.store)
 
+    def inexact_vectorized(self, ctx: Context) -> str | None:
+        if ctx.params.optimizer == "adamw":
+            return ("FedMVP with AdamW: Adam's normalisation turns float rounding on the attention key bias "
+                    "(exact gradient zero) into steps, beyond 1e-6 of the loop after a round "
+                    "(train.engine: vectorized trains these clients together anyway)")
+        return None
+
     def check(self, spec: DataSpec, cfg: ExperimentConfig) -> None:
         p = params_of(cfg)
         if p.joint_dim % p.joint_heads:

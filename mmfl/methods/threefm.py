@@ -105,6 +105,13 @@ class ThreeFM(Method):
     def make_optimizer(self, model: nn.Module, ctx: Context) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=ctx.params.outer_lr)
 
+    def inexact_vectorized(self, ctx: Context) -> str | None:
+        p: ThreeFMParams = ctx.params
+        if p.inner_optimizer == "adam" and not p.first_order:
+            return ("3FM's second-order meta-gradient through the inner Adam step amplifies float rounding beyond "
+                    "1e-6 after a round (train.engine: vectorized trains these clients together anyway)")
+        return None
+
     def local_epochs(self, ctx: Context) -> int:
         return ctx.params.local_epochs or ctx.cfg.train.local_epochs
 

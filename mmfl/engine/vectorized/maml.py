@@ -271,10 +271,11 @@ def trainer_for_3fm(method: Method, cfg: ExperimentConfig, state: RoundState,
     changed = [h for h in _HOOKS if getattr(type(method), h) is not getattr(ThreeFM, h)]
     if not isinstance(method, ThreeFM) or changed:
         return f"method {method.name!r} changes 3FM's hooks {', '.join(changed)}, which this engine does not reproduce"
-    p: ThreeFMParams = Context(cfg, DataSpec.from_json(state.meta["data_spec"]), state.round + 1).params
-    if cfg.train.engine == "auto" and p.inner_optimizer == "adam" and not p.first_order:
-        return ("3FM's second-order meta-gradient through the inner Adam step amplifies float rounding beyond "
-                "1e-6 after a round (train.engine: vectorized trains these clients together anyway)")
+    ctx = Context(cfg, DataSpec.from_json(state.meta["data_spec"]), state.round + 1)
+    p: ThreeFMParams = ctx.params
+    inexact = method.inexact_vectorized(ctx)
+    if cfg.train.engine == "auto" and inexact:
+        return inexact
     key = _key(cfg, state, p)
     found = _TRAINERS.get(key)
     if found is None:
