@@ -137,24 +137,19 @@ def trainer_for(method: Method, cfg: ExperimentConfig, state: RoundState, sample
     without capturing (a check of that path on any device). The reason for None is logged:
     loudly once per setting and process, then quietly every further round.
     """
-    special = _special(method, cfg, state, sample)
-    if special is None and method_reason(method) is not None:  # hooks of its own: the method trainer
-        special = method_trainer_for(method, cfg, state, sample)
-    reason = method_reason(method) if special is None else (special if isinstance(special, str) else None)
-    if special is not None and not isinstance(special, str):
+    found = _special(method, cfg, state, sample)
+    if found is None:
+        if method_reason(method) is None:  # Method's own training hooks: the plain trainer
+            found = _trainer(method, cfg, state, DataSpec.from_json(state.meta["data_spec"]), sample, cuda_graph,
+                             static_buffers)
+        else:  # hooks of its own: the method trainer
+            found = method_trainer_for(method, cfg, state, sample)
+    if not isinstance(found, str):
         if cfg.train.engine == "auto" and ("auto", method.name) not in _WARNED:
             _WARNED.add(("auto", method.name))
             log.info("train.engine auto: the vectorized engine trains the clients of %r together", method.name)
-        return special
-    if reason is None:
-        spec = DataSpec.from_json(state.meta["data_spec"])
-        found = _trainer(method, cfg, state, spec, sample, cuda_graph, static_buffers)
-        if not isinstance(found, str):
-            if cfg.train.engine == "auto" and ("auto", method.name) not in _WARNED:
-                _WARNED.add(("auto", method.name))
-                log.info("train.engine auto: the vectorized engine trains the clients of %r together", method.name)
-            return found
-        reason = found
+        return found
+    reason = found
     if cfg.train.engine == "auto":
         # The loop is an expected choice of ``auto``: said once (INFO), then only at DEBUG.
         level = logging.DEBUG if ("auto", reason) in _WARNED else logging.INFO

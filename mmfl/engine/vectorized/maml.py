@@ -45,7 +45,7 @@ from mmfl.data.dataset import DataSpec, MultimodalDataset
 from mmfl.engine.resources import device_of, resources_for
 from mmfl.engine.vectorized.batches import ChunkBatches, ChunkSchedule, gather_batches, plan_chunks, shard_tensors
 from mmfl.engine.vectorized.optim import VectorOptimizer, settings_of, unsupported
-from mmfl.engine.vectorized.probe import static_reason
+from mmfl.engine.vectorized.probe import perturbed_pair, static_reason
 from mmfl.engine.vectorized.stack import ClientStack
 from mmfl.methods import maml
 from mmfl.methods.base import Context, Method, iterate_batches, masked_mean
@@ -61,8 +61,6 @@ _HOOKS = ("client_update", "run_local", "train_local", "start_weights", "trainin
 
 _TRAINERS: OrderedDict[str, "ThreeFMTrainer | str"] = OrderedDict()  # setting -> trainer, or why the loop
 _MAX_TRAINERS = 4
-# Seconds spent by the last ``updates`` call (as ``mmfl.engine.vectorized.last_timing``).
-last_timing: dict[str, float] = {}
 
 
 @dataclass
@@ -145,10 +143,7 @@ def _probe(model: nn.Module, client_meta, params: Tensors, sample: MultimodalDat
     half = k // 2
     sup = ({n: v[:half] for n, v in inputs.items()}, present[:half], labels[:half])
     qry = ({n: v[half:] for n, v in inputs.items()}, present[half:], labels[half:])
-    gen = torch.Generator().manual_seed(1234)
-    clients = [{n: t + scale * torch.randn(t.shape, generator=gen).to(t) for n, t in params.items()}
-               for scale in (0.0, 0.05)]
-    stacked = {n: torch.stack([c[n] for c in clients]) for n in params}
+    clients, stacked = perturbed_pair(params)
     rep = lambda t: torch.stack([t, t])  # noqa: E731 - the same batch for both clients
 
     def batched(part):
@@ -252,7 +247,9 @@ class ThreeFMTrainer:
         shared = {f"model/{k}": global_weights[k] for k in self.state_keys if k not in self.param_names}
         stack = ClientStack(stacked, shared, [f"model/{k}" for k in self.state_keys])
         out = [ClientUpdate(cid, len(shards[cid]), stack.view(i), metrics[i]) for i, cid in enumerate(client_ids)]
-        last_timing.update(device_s=time.perf_counter() - t0)
+        from mmfl.engine import vectorized
+
+        vectorized.last_timing.update(device_s=time.perf_counter() - t0, output_s=0.0)
         return out
 
 

@@ -40,7 +40,7 @@ from mmfl.data.dataset import DataSpec, MultimodalDataset
 from mmfl.engine.resources import device_of, resources_for
 from mmfl.engine.vectorized.batches import chunk_schedule, gather_rows, num_local_steps, plan_chunks
 from mmfl.engine.vectorized.optim import VectorOptimizer, settings_of, unsupported
-from mmfl.engine.vectorized.probe import static_reason
+from mmfl.engine.vectorized.probe import perturbed_pair, static_reason
 from mmfl.engine.vectorized.stack import ClientStack
 from mmfl.engine.vectorized.step import batched_grad
 from mmfl.methods import Method
@@ -93,7 +93,8 @@ class _Loss(nn.Module):
         return loss, aux
 
 
-def _client_data(data: LocalData) -> Tensors:
+def _rows(data: LocalData | Batch) -> Tensors:
+    """The per-sample tensors of a client's data or batch under one flat namespace (what chunks gather)."""
     rows = {f"input/{k}": v for k, v in data.inputs.items()}
     rows.update({f"extra/{k}": v for k, v in data.extra.items()})
     rows["present"], rows["labels"] = data.present, data.labels
@@ -161,20 +162,15 @@ class MethodTrainer:
         if not check:
             return None
         # The batched gradient of two slightly different clients must equal autograd on each.
-        gen = torch.Generator().manual_seed(1234)
-        clients = [{n: named[n].detach() + s * torch.randn(named[n].shape, generator=gen).to(named[n])
-                    for n in self.trainable} for s in (0.0, 0.05)]
-        stacked = {n: torch.stack([c[n] for c in clients]) for n in self.trainable}
+        clients, stacked = perturbed_pair({n: named[n].detach() for n in self.trainable})
         two = lambda t: torch.stack([t, t])  # noqa: E731
-        rows = {**{f"input/{n}": v for n, v in batch.inputs.items()}, **{f"extra/{n}": v for n, v in batch.extra.items()},
-                "present": batch.present, "labels": batch.labels,
-                "weight": torch.ones(k, device=self.device)}
+        rows = {**_rows(batch), "weight": torch.ones(k, device=self.device)}
         step_data = {n: two(v) for n, v in batch.step_data.items()}
         grads = None
         for transform in (False, True):  # no batching rule for a layer (nn.GRU): torch.func.grad decomposes it
             self.transform = transform
             try:
-                grads, _, _ = self._grad_fn(0)(stacked, {n: two(v) for n, v in rows.items()}, step_data)
+                grads, _, _ = self._grad_fn()(0, stacked, {n: two(v) for n, v in rows.items()}, step_data)
                 break
             except Exception as exc:  # noqa: BLE001 - any failure of the transform means "use the loop"
                 failure = f"vmap over clients failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
@@ -198,7 +194,7 @@ class MethodTrainer:
         pad = {n: torch.cat([v, v[-1:].flip(0) if v.dim() else v]) for n, v in rows.items() if n != "weight"}
         pad["labels"] = torch.cat([rows["labels"], (rows["labels"][-1:] + 1) % self.spec.num_classes])
         pad["weight"] = torch.cat([rows["weight"], torch.zeros(1, device=self.device)])
-        padded, _, _ = self._grad_fn(0)(stacked, {n: two(v) for n, v in pad.items()}, step_data)
+        padded, _, _ = self._grad_fn()(0, stacked, {n: two(v) for n, v in pad.items()}, step_data)
         for n in self.trainable:
             if not torch.allclose(padded[n], grads[n], rtol=1e-4, atol=1e-5):
                 return (f"method {self.method.name!r}: batch_loss does not leave padded samples out "
@@ -212,12 +208,11 @@ class MethodTrainer:
         pen = self.method.penalty(dict(model.named_parameters()), anchor, self.ctx)
         return loss if pen is None else loss + pen
 
-    def _grad_fn(self, step: int, fixed: Tensors | None = None):
-        """``(stacked params, stacked batch rows, stacked step data) -> (grads, losses, aux)`` for step ``step``.
+    def _grad_fn(self, fixed: Tensors | None = None):
+        """``(step, stacked params, stacked batch rows, stacked step data) -> (grads, losses, aux)``.
 
         ``fixed``: the tensors that do not train (default: those of the global model)."""
         loss_module = _Loss(self.method, self.model, self.state, self.ctx)
-        loss_module.step = step
         if fixed is None:
             fixed = {k: v.to(self.device) for k, v in self.global_weights.items() if k not in self.trainable}
         fixed = {f"model.{k}": v for k, v in fixed.items()}
@@ -229,7 +224,8 @@ class MethodTrainer:
             return functional_call(loss_module, tensors, (_split(rows, "input/"), rows["present"], rows["labels"],
                                                           _split(rows, "extra/"), step_data, rows["weight"], anchor))
 
-        def run(params: Tensors, rows: Tensors, step_data: Tensors):
+        def run(step: int, params: Tensors, rows: Tensors, step_data: Tensors):
+            loss_module.step = step
             grads, (losses, aux) = batched_grad(one, params, rows, step_data, has_aux=True, transform=self.transform)
             return grads, losses, aux
 
@@ -242,14 +238,14 @@ class MethodTrainer:
         ctxs = {cid: self.context(cid) for cid in client_ids}
         data = {cid: self.method.local_data(self.model, self.method.training_shard(shards[cid], ctxs[cid]),
                                             state, ctxs[cid]) for cid in client_ids}
-        m = self.method
-        local_steps = [num_local_steps(len(data[c]), m.local_batch_size(ctxs[c], len(data[c])), m.local_epochs(ctxs[c]))
-                       for c in client_ids]
+        budget = {c: (self.method.local_batch_size(ctxs[c], len(data[c])), self.method.local_epochs(ctxs[c]))
+                  for c in client_ids}
+        local_steps = [num_local_steps(len(data[c]), *budget[c]) for c in client_ids]
         out: dict[int, ClientUpdate] = {}
         t0 = time.perf_counter()
         for positions in plan_chunks(local_steps, cfg.train.vector_chunk):
             ids = [client_ids[i] for i in positions]
-            for pos, update in zip(positions, self._chunk(ids, shards, data, ctxs)):
+            for pos, update in zip(positions, self._chunk(ids, shards, data, ctxs, budget)):
                 out[pos] = update
         from mmfl.engine import vectorized
 
@@ -257,14 +253,13 @@ class MethodTrainer:
         return [out[i] for i in range(len(client_ids))]
 
     def _chunk(self, ids: list[int], shards: Mapping[int, MultimodalDataset], data: Mapping[int, LocalData],
-               ctxs: Mapping[int, Context]) -> list[ClientUpdate]:
+               ctxs: Mapping[int, Context], budget: Mapping[int, tuple[int, int]]) -> list[ClientUpdate]:
+        """Train the clients ``ids`` together; ``budget[c]``: client c's (batch size, local epochs)."""
         method, dev = self.method, self.device
         started = time.perf_counter()
-        sizes = [len(data[c]) for c in ids]
-        schedule = chunk_schedule(sizes, [ctxs[c].seed() for c in ids],
-                                  [method.local_batch_size(ctxs[c], n) for c, n in zip(ids, sizes)],
-                                  [method.local_epochs(ctxs[c]) for c in ids])
-        rows = gather_rows([{k: v.to(dev) for k, v in _client_data(data[c]).items()} for c in ids], schedule, dev)
+        schedule = chunk_schedule([len(data[c]) for c in ids], [ctxs[c].seed() for c in ids],
+                                  [budget[c][0] for c in ids], [budget[c][1] for c in ids])
+        rows = gather_rows([{k: v.to(dev) for k, v in _rows(data[c]).items()} for c in ids], schedule, dev)
         rows["weight"] = schedule.weight.to(dev)
         active, steps = schedule.active.to(dev), schedule.steps
         num_steps = int(schedule.index.shape[0])
@@ -281,10 +276,11 @@ class MethodTrainer:
         loss_sum = torch.zeros(c, dtype=torch.float64, device=dev)
         scalar_sums: Tensors = {}
         vector_sums: Tensors = {}
+        grad_fn = self._grad_fn(fixed)
         with torch.no_grad():  # torch.func computes the gradients; nothing outside needs autograd
             for s in range(num_steps):
-                grads, losses, aux = self._grad_fn(s, fixed)(params, {k: v[s] for k, v in rows.items()},
-                                                             {k: v[s] for k, v in step_rows.items()})
+                grads, losses, aux = grad_fn(s, params, {k: v[s] for k, v in rows.items()},
+                                             {k: v[s] for k, v in step_rows.items()})
                 act = active[s]
                 updated = {k[len(_UPDATED):]: v for k, v in aux.items() if k.startswith(_UPDATED)}
                 opt.step(params, grads, act, updated)

@@ -44,16 +44,20 @@ def unused_parameters(model: nn.Module, inputs: Tensors, present: torch.Tensor, 
     return {n for n, p in ref.named_parameters() if p.requires_grad and p.grad is None}
 
 
+def perturbed_pair(params: Tensors) -> tuple[list[Tensors], Tensors]:
+    """Two clients for a probe: ``params`` itself and a seeded perturbation of it; also stacked (2, ...)."""
+    gen = torch.Generator().manual_seed(1234)
+    clients = [{n: p + scale * torch.randn(p.shape, generator=gen).to(p) for n, p in params.items()}
+               for scale in (0.0, 0.05)]
+    return clients, {n: torch.stack([c[n] for c in clients]) for n in params}
+
+
 def probe_reason(
     model: nn.Module, client_loss: Callable, trainable: Tensors,
     inputs: Tensors, present: torch.Tensor, labels: torch.Tensor, tol: float = 1e-4, transform: bool = False,
 ) -> str | None:
     """None if the batched gradient of two perturbed clients equals per-client autograd, else why not."""
-    gen = torch.Generator().manual_seed(1234)
-    clients = []
-    for scale in (0.0, 0.05):
-        clients.append({n: p + scale * torch.randn(p.shape, generator=gen).to(p) for n, p in trainable.items()})
-    stacked = {n: torch.stack([c[n] for c in clients]) for n in trainable}
+    clients, stacked = perturbed_pair(trainable)
     rep = lambda t: torch.stack([t, t])  # noqa: E731 - same batch for both clients
     weight = torch.ones(labels.shape[0], device=labels.device)
     try:
