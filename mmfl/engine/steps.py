@@ -22,6 +22,7 @@ from mmfl.data.missing import eval_patterns, pattern_presence
 from mmfl.data.dataset import DataSpec, MultimodalDataset
 from mmfl.engine import faults, robust
 from mmfl.engine.costs import round_costs
+from mmfl.engine.metrics import classification_metrics
 from mmfl.state import ClientUpdate, RoundState
 from mmfl.errors import ConfigError
 from mmfl.engine.resources import device_of, resources_for
@@ -189,10 +190,6 @@ def evaluate(
     cfg: ExperimentConfig, state: RoundState, test: MultimodalDataset, batch_size: int = 512
 ) -> dict[str, dict[str, float]]:
     """Accuracy and macro-F1 of the global model for every test pattern: {pattern: {acc, f1}}."""
-    # imported here: torchmetrics takes seconds to import (matplotlib, transformers), and most
-    # pipeline tasks never evaluate
-    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
-
     method, spec = method_of(cfg), spec_of(state)
     ctx = context(cfg, spec, state.round)
     model = method.load_model(state.model_weights(), ctx)
@@ -209,9 +206,5 @@ def evaluate(
             logits = method.predict(model, state, inputs, data.present[sl].to(ctx.device), ctx)
             preds.append(logits.argmax(dim=-1).cpu())
         pred = torch.cat(preds)
-        c = spec.num_classes
-        results[pattern] = {
-            "acc": float(multiclass_accuracy(pred, data.labels, num_classes=c, average="micro")),
-            "f1": float(multiclass_f1_score(pred, data.labels, num_classes=c, average="macro")),
-        }
+        results[pattern] = classification_metrics(pred, data.labels, spec.num_classes)
     return results
