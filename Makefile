@@ -151,6 +151,11 @@ bench: install $(BENCH_STAMP)
 	PYTHONPATH=$(CURDIR) $(PY) -m bench.make_run --out docs/benchmarks.md
 	$(MAKE) bench-pipeline
 
+## device-wheels: the wheels the prepared GPU check (scripts/device-bench.sh) carries to a lent GPU machine, into .whl/
+.PHONY: device-wheels
+device-wheels:
+	scripts/device-wheels.sh
+
 ## bench-make-run: `make run` with the default engine vs the per-client loop (same run), into docs/benchmarks.md
 .PHONY: bench-make-run
 bench-make-run: install
