@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 
 import pytest
-import torch
 
 from mmfl.engine import steps
 from mmfl.engine.vectorized.stack import StackView
@@ -14,6 +13,7 @@ from mmfl.methods import parse_experiment
 from mmfl.methods.fedavg import FedAvg
 from mmfl.methods.registry import METHODS
 from tests.conftest import tiny_config_dict
+from tests.helpers.engines import max_diff
 
 TOL = 1e-6
 
@@ -45,10 +45,6 @@ def _round(tmp_path: Path, engine: str | None, method: str = "fedavg"):
     return cfg, state, updates, steps.aggregate(cfg, state, updates)
 
 
-def _max_diff(a, b) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
-
 
 def test_auto_is_the_default_and_vectorizes_fedavg_like_the_loop(tmp_path):
     cfg, state, auto, agg_auto = _round(tmp_path / "auto", None)
@@ -57,9 +53,9 @@ def test_auto_is_the_default_and_vectorizes_fedavg_like_the_loop(tmp_path):
     _, _, loop, agg_loop = _round(tmp_path / "loop", "loop")
     assert not any(isinstance(u.tensors, StackView) for u in loop)
     for u, v in zip(loop, auto):
-        assert _max_diff(u.tensors, dict(v.tensors)) < TOL
-    assert _max_diff(agg_loop.tensors, agg_auto.tensors) < TOL
-    assert _max_diff(agg_loop.tensors, state.tensors) > 1e-3  # the round trained
+        assert max_diff(u.tensors, dict(v.tensors)) < TOL
+    assert max_diff(agg_loop.tensors, agg_auto.tensors) < TOL
+    assert max_diff(agg_loop.tensors, state.tensors) > 1e-3  # the round trained
 
 
 def test_auto_trains_a_method_with_its_own_loss_together_like_the_loop(tmp_path, monkeypatch):
@@ -68,10 +64,10 @@ def test_auto_trains_a_method_with_its_own_loss_together_like_the_loop(tmp_path,
     assert all(isinstance(u.tensors, StackView) for u in auto)
     _, _, loop, agg_loop = _round(tmp_path / "l", "loop", "scaled_loss_fedavg")
     for u, v in zip(loop, auto):
-        assert _max_diff(u.tensors, dict(v.tensors)) < TOL
+        assert max_diff(u.tensors, dict(v.tensors)) < TOL
         assert v.metrics["train_loss"] == pytest.approx(u.metrics["train_loss"], rel=1e-6)
-    assert _max_diff(agg_loop.tensors, agg_auto.tensors) < TOL
-    assert _max_diff(agg_loop.tensors, state.tensors) > 1e-3
+    assert max_diff(agg_loop.tensors, agg_auto.tensors) < TOL
+    assert max_diff(agg_loop.tensors, state.tensors) > 1e-3
 
 
 def test_auto_uses_the_loop_for_a_method_it_cannot_vectorize_said_once(tmp_path, monkeypatch, caplog):
@@ -86,6 +82,6 @@ def test_auto_uses_the_loop_for_a_method_it_cannot_vectorize_said_once(tmp_path,
     assert not any(isinstance(u.tensors, StackView) for u in auto)
     _, _, loop, agg_loop = _round(tmp_path / "l", "loop", "own_step_fedavg")
     for u, v in zip(loop, auto):
-        assert _max_diff(u.tensors, v.tensors) == 0.0
-    assert _max_diff(agg_loop.tensors, agg_auto.tensors) < TOL
-    assert _max_diff(agg_loop.tensors, state.tensors) > 1e-3
+        assert max_diff(u.tensors, v.tensors) == 0.0
+    assert max_diff(agg_loop.tensors, agg_auto.tensors) < TOL
+    assert max_diff(agg_loop.tensors, state.tensors) > 1e-3

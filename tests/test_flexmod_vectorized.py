@@ -14,6 +14,7 @@ from mmfl.engine.vectorized.method_trainer import MethodTrainer, method_reason
 from mmfl.engine.vectorized.stack import StackView
 from mmfl.methods import parse_experiment, resolve
 from tests.conftest import tiny_config_dict
+from tests.helpers.engines import max_diff
 
 TOL = 1e-6
 # Metrics the two engines must agree on (train_time_s is a wall time, measured differently).
@@ -32,10 +33,6 @@ def _setup(tmp_path: Path, method: str, params: dict, **train):
     state = steps.init_state(cfg, data.spec)
     return cfg, shards, state
 
-
-def _max_diff(a, b) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
 CASES = [
@@ -63,12 +60,12 @@ def test_vectorized_round_equals_the_loop(tmp_path, method, params):
             if k in SAME or k.startswith("value/") or k == "val_acc":
                 assert v.metrics[k] == pytest.approx(u.metrics[k], rel=1e-9, abs=TOL), k
         assert v.metrics["train_time_s"] > 0
-        assert _max_diff(u.tensors, v.tensors) < TOL
+        assert max_diff(u.tensors, v.tensors) < TOL
         plans.add((u.metrics["local_steps"], u.metrics["encoder_updates"]))
     assert len(plans) > 1  # the clients' plans differ
     agg_loop, agg_vec = steps.aggregate(cfg, state, loop), steps.aggregate(cfg, state, vec)
-    assert _max_diff(agg_loop.tensors, agg_vec.tensors) < TOL
-    assert _max_diff(agg_loop.tensors, state.tensors) > 1e-3  # the round trained
+    assert max_diff(agg_loop.tensors, agg_vec.tensors) < TOL
+    assert max_diff(agg_loop.tensors, state.tensors) > 1e-3  # the round trained
     # every encoder trains less often than the fusion (the schedule really masks updates)
     h = agg_vec.meta["history"][-1]
     assert h["encoder_updates"] < 3 * sum(u.metrics["local_steps"] for u in vec)
@@ -89,7 +86,7 @@ def test_auto_engine_vectorizes_them(tmp_path, method, caplog):
     assert all(isinstance(u.tensors, StackView) for u in auto)  # trained together
     loop = loop_train(m, cfg, state, shards, ids)
     for u, v in zip(loop, auto):
-        assert _max_diff(u.tensors, dict(v.tensors)) < TOL
+        assert max_diff(u.tensors, dict(v.tensors)) < TOL
         assert v.metrics["encoder_flops"] == pytest.approx(u.metrics["encoder_flops"], rel=1e-12)
 
 

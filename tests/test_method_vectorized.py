@@ -12,6 +12,7 @@ from mmfl.engine.vectorized.method_trainer import MethodTrainer
 from mmfl.engine.vectorized.stack import StackView
 from mmfl.methods import parse_experiment
 from tests.conftest import tiny_config_dict
+from tests.helpers.engines import max_diff
 
 TOL = 1e-6
 
@@ -32,10 +33,6 @@ def _rounds(tmp_path: Path, engine: str, method: dict, rounds: int = 2, **sectio
     return per_round, states
 
 
-def _max_diff(a, b) -> float:
-    assert set(a) == set(b)
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
-
 
 def _assert_same(tmp_path: Path, method: dict, rounds: int = 2, **sections):
     """Updates and state within 1e-6 after round 1; later rounds start from states that differ by
@@ -47,11 +44,11 @@ def _assert_same(tmp_path: Path, method: dict, rounds: int = 2, **sections):
         assert all(isinstance(u.tensors, StackView) for u in vec_updates)  # trained together
         for u, v in zip(loop_updates, vec_updates):
             assert u.client_id == v.client_id and u.num_samples == v.num_samples
-            assert _max_diff(u.tensors, dict(v.tensors)) < tol
+            assert max_diff(u.tensors, dict(v.tensors)) < tol
             assert u.metrics.keys() == v.metrics.keys()
             for k in u.metrics:
                 assert v.metrics[k] == pytest.approx(u.metrics[k], rel=tol, abs=tol), k
-        assert _max_diff(loop_states[r].tensors, vec_states[r].tensors) < tol
+        assert max_diff(loop_states[r].tensors, vec_states[r].tensors) < tol
     return vec_states[-1]
 
 

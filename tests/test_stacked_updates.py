@@ -15,7 +15,8 @@ from mmfl.io.codec import update_from_bytes, update_to_bytes
 from mmfl.engine.vectorized import client_train_vectorized
 from mmfl.methods import parse_experiment
 from tests.conftest import tiny_config_dict
-from tests.test_vectorized import TOL, _max_diff, _setup
+from tests.helpers.engines import max_diff
+from tests.test_vectorized import TOL, _setup
 
 
 def _plain(update: ClientUpdate) -> ClientUpdate:
@@ -55,18 +56,18 @@ def test_stacked_mean_equals_the_mean_of_host_copies(trained):
     sizes = [u.num_samples for u in vec]
     ref = weighted_mean([u.model_weights() for u in plain], sizes)
     got = weighted_mean([u.model_weights() for u in vec], sizes)
-    assert _max_diff(ref, got) < 1e-7
+    assert max_diff(ref, got) < 1e-7
     # Every row of one stack in order (read in place), against the same rows as host copies.
     stack = vec[0].tensors.stack
     rows = [stack.view(j) for j in range(stack.size)]
     w = [float(j + 1) for j in range(stack.size)]
     ref = weighted_mean([{k: v.clone() for k, v in r.items()} for r in rows], w)
-    assert _max_diff(ref, weighted_mean(rows, w)) < 1e-7
+    assert max_diff(ref, weighted_mean(rows, w)) < 1e-7
     # Some rows of a stack, out of order, mixed with ordinary dicts and rows of another stack.
     pick = [3, 0, 2]
     mixed = [vec[3].model_weights(), plain[0].model_weights(), vec[2].model_weights()]
     ref = weighted_mean([plain[i].model_weights() for i in pick], [sizes[i] for i in pick])
-    assert _max_diff(ref, weighted_mean(mixed, [sizes[i] for i in pick])) < 1e-7
+    assert max_diff(ref, weighted_mean(mixed, [sizes[i] for i in pick])) < 1e-7
 
 
 @pytest.mark.parametrize("rows", [[0, 1, 2, 3], [3, 1]], ids=["whole stack", "some rows"])
@@ -125,7 +126,7 @@ def test_a_view_serialises_like_its_copy(trained):
     u = vec[-1]
     back = update_from_bytes(*update_to_bytes(u))
     assert back.tensors.keys() == u.tensors.keys()
-    assert _max_diff(back.tensors, dict(u.tensors)) == 0.0
+    assert max_diff(back.tensors, dict(u.tensors)) == 0.0
 
 
 def test_client_stack_rejects_inconsistent_input():
@@ -156,10 +157,10 @@ def test_graph_buffers_replayed_over_rounds_equal_the_loop(tmp_path):
         loop = steps.client_train(cfg, state_loop, shards, ids)
         vec = client_train_vectorized(cfg, state_vec, shards, ids, static_buffers=True)
         for a, b in zip(loop, vec):
-            assert _max_diff(a.tensors, dict(b.tensors)) < TOL
+            assert max_diff(a.tensors, dict(b.tensors)) < TOL
         state_loop, state_vec = steps.aggregate(cfg, state_loop, loop), steps.aggregate(cfg, state_vec, vec)
-        assert _max_diff(state_loop.tensors, state_vec.tensors) < TOL
-    assert _max_diff(state_vec.tensors, steps.init_state(cfg, data.spec).tensors) > 1e-3
+        assert max_diff(state_loop.tensors, state_vec.tensors) < TOL
+    assert max_diff(state_vec.tensors, steps.init_state(cfg, data.spec).tensors) > 1e-3
 
 
 def test_captured_chunks_are_bounded(tmp_path, monkeypatch):
@@ -178,7 +179,7 @@ def test_captured_chunks_are_bounded(tmp_path, monkeypatch):
     again = client_train_vectorized(cfg, state, shards, ids, static_buffers=True)  # evicted shapes rebuilt
     loop = steps.client_train(cfg, state, shards, ids)
     for a, b in zip(loop, again):
-        assert _max_diff(a.tensors, dict(b.tensors)) < TOL
+        assert max_diff(a.tensors, dict(b.tensors)) < TOL
 
 
 def test_failed_capture_falls_back_to_eager_and_says_so(tmp_path, monkeypatch, caplog):
@@ -196,4 +197,4 @@ def test_failed_capture_falls_back_to_eager_and_says_so(tmp_path, monkeypatch, c
         vec = client_train_vectorized(cfg, state, shards, ids, static_buffers=True)
     assert any("capture or replay failed" in r.message and "stream is capturing" in r.message for r in caplog.records)
     for a, b in zip(steps.client_train(cfg, state, shards, ids), vec):
-        assert _max_diff(a.tensors, dict(b.tensors)) < TOL
+        assert max_diff(a.tensors, dict(b.tensors)) < TOL

@@ -19,6 +19,7 @@ from mmfl.methods.base import Context, iterate_batches
 from mmfl.methods.fedavg import FedAvg
 from mmfl.methods import parse_experiment
 from tests.conftest import tiny_config_dict
+from tests.helpers.engines import max_diff
 
 TOL = 1e-6
 ONE_EPOCH = {"local_epochs": 1}
@@ -33,10 +34,6 @@ def _setup(tmp_path: Path, **sections):
     state = steps.init_state(cfg, data.spec)
     return cfg, shards, state
 
-
-def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
 def _assert_same_round(cfg, shards, state, method=None):
@@ -53,12 +50,12 @@ def _assert_same_round(cfg, shards, state, method=None):
         assert v.num_samples == u.num_samples
         assert v.metrics["local_steps"] == u.metrics["local_steps"]
         assert v.metrics["train_loss"] == pytest.approx(u.metrics["train_loss"], abs=1e-5)
-        assert _max_diff(u.tensors, v.tensors) < TOL
+        assert max_diff(u.tensors, v.tensors) < TOL
     agg_loop = steps.aggregate(cfg, state, loop)
     agg_vec = steps.aggregate(cfg, state, vec)
-    assert _max_diff(agg_loop.tensors, agg_vec.tensors) < TOL
+    assert max_diff(agg_loop.tensors, agg_vec.tensors) < TOL
     # Training really moved the model (the comparison is not between two untouched copies).
-    assert _max_diff(agg_loop.tensors, state.tensors) > 1e-3
+    assert max_diff(agg_loop.tensors, state.tensors) > 1e-3
     return loop, vec
 
 
@@ -179,7 +176,7 @@ def test_falls_back_to_the_loop_and_says_why(tmp_path, caplog, method, why):
     spec = DataSpec.from_json(state.meta["data_spec"])
     loop = [method.client_update(state, shards[c], Context(cfg, spec, 1, c)) for c in ids]
     for u, v in zip(loop, vec):
-        assert _max_diff(u.tensors, v.tensors) == 0.0
+        assert max_diff(u.tensors, v.tensors) == 0.0
 
 
 def test_dropout_falls_back(tmp_path, caplog):

@@ -14,7 +14,8 @@ import torch
 from mmfl.engine.vectorized.stack import StackView
 from mmfl.engine import steps
 from mmfl.engine.vectorized import client_train_vectorized
-from tests.test_vectorized import _max_diff, _setup
+from tests.helpers.engines import max_diff
+from tests.test_vectorized import _setup
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -34,7 +35,7 @@ def test_gpu_rounds_equal_the_loop(tmp_path, compile, graph):
         assert all(isinstance(u.tensors, StackView) for u in vec)
         assert next(iter(vec[0].tensors.stack.stacked.values())).device.type == "cuda"
         for a, b in zip(loop, vec):
-            assert _max_diff(a.tensors, dict(b.tensors)) < GPU_TOL
+            assert max_diff(a.tensors, dict(b.tensors)) < GPU_TOL
         state_loop, state_vec = steps.aggregate(cfg, state_loop, loop), steps.aggregate(cfg, state_vec, vec)
-        assert _max_diff(state_loop.tensors, state_vec.tensors) < GPU_TOL
-    assert _max_diff(state_vec.tensors, state.tensors) > 1e-3
+        assert max_diff(state_loop.tensors, state_vec.tensors) < GPU_TOL
+    assert max_diff(state_vec.tensors, state.tensors) > 1e-3
