@@ -64,7 +64,7 @@ def config(args, dataset: str, method: str, seed: int, root: str):
     return load_experiment(ROOT / "configs" / "quickstart.yaml", [
         f"method.name={method}", f"seed={seed}", f"train.rounds={args.rounds}", "eval.every=1",
         f"partition.num_clients={args.clients}", *BASE, *DATASETS[dataset], *missing, "eval.patterns=[full]",
-        "tracking.enabled=false", f"storage.root={root}",
+        "tracking.enabled=false", f"storage.root={root}", f"train.engine={args.engine}",
         *[f"method.params.{kv}" for kv in (args.flexmod_param if method == "flexmod" else [])],
     ])
 
@@ -196,6 +196,9 @@ def main() -> None:
     ap.add_argument("--flexmod-param", action="append", default=[], help="FlexMod param override, e.g. budget=0.6")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw curves and schedules here")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--engine", choices=["auto", "loop", "vectorized"], default="auto",
+                    help="client training engine (train.engine); the wall times in docs/methods.md were measured "
+                         "with loop. With auto, a client's 'client train time' is its share of its chunk's time")
     ap.add_argument("--plot", type=Path, default=Path("flexmod_efficiency.png"))
     ap.add_argument("--mlflow", default=None, help="MLflow tracking URI to log the tables' data and plot to")
     args = ap.parse_args()
