@@ -516,13 +516,20 @@ def _format_value(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _bounded_message(msg: str, value: Any) -> str:
+    """A validator's message with the offending value quoted short (messages echo it in full)."""
+    if isinstance(value, str) and len(value) > 80:
+        msg = msg.replace(repr(value), _format_value(value))
+    return msg if len(msg) <= 400 else msg[:397] + "..."
+
+
 def format_errors(exc: ValidationError, prefix: str = "") -> list[str]:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"] if p not in ("function-after", "function-before"))
         if prefix:
             loc = f"{prefix}.{loc}" if loc else prefix
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = _bounded_message(err["msg"].removeprefix("Value error, "), err.get("input"))
         if err["type"] == "missing":
             lines.append(f"{loc}: required field is missing")
         elif err["type"] == "extra_forbidden":

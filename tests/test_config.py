@@ -110,3 +110,15 @@ def test_a_cuda_device_this_machine_lacks_is_named_before_training(tmp_path):
     cfg = parse_experiment(tiny_config_dict(tmp_path, train={"device": f"cuda:{torch.cuda.device_count()}"}))
     with pytest.raises(ConfigError, match=r"train.device = 'cuda:\d+'"):
         run_experiment(cfg, progress=False)
+
+
+@pytest.mark.parametrize("field", [("missing", "pattern"), ("train", "device"), ("eval", "patterns")])
+def test_a_huge_bad_value_gives_one_short_line(field):
+    """Validators quote the bad value; a 5,000-character one is shortened, the line stays readable."""
+    section, key = field
+    value = "x" * 5000
+    with pytest.raises(ConfigError) as info:
+        parse_experiment({section: {key: [value] if key == "patterns" else value}})
+    msg = str(info.value)
+    assert len(msg.splitlines()) == 1 and len(msg) < 600, msg[:200]
+    assert f"{section}.{key}" in msg and "xxxxxxxx" in msg
