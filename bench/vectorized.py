@@ -104,6 +104,7 @@ def run_worker(name: str, mode: str, rounds: int, warmup: int, clients: int, chu
     result["peak_note"] = "process RSS"
     if gpu:
         result["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        result["tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
     return result
 
 
@@ -225,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=300, help="seconds per engine run")
     p.add_argument("--out", help="write the results into this Markdown file (section between markers)")
     p.add_argument("--json", help="write every engine's measured rows into this JSON file")
+    p.add_argument("--from-json", help="measure nothing: print (and with --out write) the table of a --json file, "
+                                       "e.g. one a time limit cut short")
     args = p.parse_args(argv)
 
     if args.worker:
@@ -232,6 +235,19 @@ def main(argv: list[str] | None = None) -> int:
         res = run_worker(name, mode, args.rounds, args.warmup, args.clients or WORKLOADS[name].clients,
                          args.chunk, args.device, int(args.threads))
         print("RESULT " + json.dumps(res), flush=True)
+        return 0
+
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        rows = summarize(saved["rows"])
+        gpu = any(r.get("device", "").startswith("cuda") for r in rows)
+        text = table(rows) + ("\n\n" + "\n".join(f"- {line}" for line in gpu_verdict(rows)) if gpu else "")
+        if saved.get("partial"):
+            text += "\n\n(The run was cut short: engines after the last row were not measured.)"
+        print(text)
+        if args.out:
+            write_markdown(Path(args.out), text, f"python -m bench.vectorized (rows of {args.from_json})", rows,
+                           "vectorized-gpu" if gpu else "vectorized", where=f"Measured on {saved['machine']}.")
         return 0
 
     gpu = args.device.startswith("cuda")
@@ -264,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(r)
                 msg = r.get("error") or f"{r['clients'] / statistics.median(r['round_s']):.1f} client-updates/s"
                 print(f"  {mode:>20} ({r['threads']} threads): {msg}", flush=True)
+                if args.json:  # after every engine, so a run stopped by a time limit keeps what it measured
+                    Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows, "partial": True}))
     summarize(rows)
     text = table(rows)
     if gpu:
@@ -284,7 +302,8 @@ GPU_CLAIMS = {"W": (15_000, 200.0), "W-large": (10_000, None)}
 
 def gpu_verdict(rows: list[dict]) -> list[str]:
     """One line per GPU claim: the fastest vectorized engine of each workload against its threshold."""
-    lines = [f"float32 matrix products (TF32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'})."]
+    tf32 = any(r.get("tf32") for r in rows)
+    lines = [f"float32 matrix products (TF32 {'on' if tf32 else 'off'} in the measured engines)."]
     for name, (ups, x_loop) in GPU_CLAIMS.items():
         vec = [r for r in rows if r["workload"] == name and r["mode"].startswith("vmap") and "error" not in r]
         if not vec:
@@ -302,11 +321,13 @@ def section_markers(section: str) -> tuple[str, str]:
     return f"<!-- bench:{section}:begin -->", f"<!-- bench:{section}:end -->"
 
 
-def write_markdown(path: Path, text: str, command: str, rows: list[dict], section: str = "vectorized") -> None:
-    """Replace the generated section of ``path`` (between its markers) with this run's table."""
+def write_markdown(path: Path, text: str, command: str, rows: list[dict], section: str = "vectorized",
+                   where: str | None = None) -> None:
+    """Replace the generated section of ``path`` (between its markers) with this run's table;
+    ``where`` names the machine (default: this one, now)."""
     params = sorted({(r["workload"], r["params"]) for r in rows if "params" in r})
     replace_section(path, *section_markers(section), "\n".join([
-        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}.",
+        where or f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}.",
         f"Command: `{command}` (run from the repository root).",
         "Parameters: " + ", ".join(f"{n} {p:,}" for n, p in params) + ".",
         "",

@@ -46,3 +46,22 @@ def test_gpu_section_leaves_the_cpu_table_alone(tmp_path):
     assert after[after.index(cpu_begin):after.index(cpu_end)] == cpu_table
     assert "| the GPU table |" in after[after.index(gpu_begin):after.index(gpu_end)]
     assert after.count(gpu_begin) == 1
+
+
+def test_rows_saved_by_a_cut_short_run_are_rendered_into_the_gpu_section(tmp_path):
+    import json
+
+    from bench.vectorized import main
+
+    rows = [dict(_row("W", "loop", 64, 2.0), device="cuda"), dict(_row("W", "vmap+graph", 64, 0.004), device="cuda")]
+    saved = tmp_path / "bench.json"
+    saved.write_text(json.dumps({"machine": "a test machine, GPU X", "rows": rows, "partial": True}))
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text((ROOT / "docs" / "benchmarks.md").read_text())
+    assert main(["--from-json", str(saved), "--out", str(doc)]) == 0
+    text = doc.read_text()
+    begin, end = section_markers("vectorized-gpu")
+    section = text[text.index(begin):text.index(end)]
+    assert "Measured on a test machine, GPU X." in section
+    assert "W: vmap+graph 16,000/s, 500.0x the loop" in section and "cut short" in section
+    assert "W-large: no vectorized engine finished" in section
