@@ -214,6 +214,37 @@ def test_batch_training_failures_are_per_client(round_one):
     assert all(robust.is_failed(u) and "out of memory" in u.meta["error"] for u in out)
 
 
+def test_batch_deadline_is_the_clients_limit_times_their_number(round_one):
+    """A batch of healthy clients gets the time the loop would give them; a hanging one fails alone."""
+    cfg, _, _, updates = round_one
+    by_id = {u.client_id: u for u in updates}
+    timed = with_reliability(cfg, client_timeout_s=0.4)
+    calls = []
+
+    def slow_batch(ids):  # longer than one client's limit, shorter than the batch's (3 x 0.4 s)
+        calls.append(("batch", list(ids)))
+        time.sleep(0.6)
+        return [by_id[i] for i in ids]
+
+    out = robust.train_batch(timed, 1, [0, 1, 2], slow_batch, train_one=lambda cid: calls.append(("one", cid)))
+    assert calls == [("batch", [0, 1, 2])] and not any(robust.is_failed(u) for u in out)
+
+    def hanging_batch(ids):
+        while True:  # pure-Python loop: interrupted by the asynchronous ClientTimeout
+            math.sqrt(2.0)
+
+    def one(cid):
+        if cid == 1:
+            hanging_batch([cid])
+        return by_id[cid]
+
+    t0 = time.monotonic()
+    out = robust.train_batch(timed, 1, [0, 1, 2], hanging_batch, train_one=one)
+    assert time.monotonic() - t0 < 3 * 0.4 + 0.4 + 4 * robust.STOP_GRACE_S
+    assert [robust.is_failed(u) for u in out] == [False, True, False]
+    assert "client_timeout_s = 0.4s" in out[1].meta["error"]
+
+
 # ---- end to end through the local engine -----------------------------------------------------------
 @pytest.mark.parametrize("engine", ["loop", "vectorized"])
 def test_run_with_faults_completes_and_records_clients(tmp_path, engine):

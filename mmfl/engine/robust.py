@@ -141,9 +141,12 @@ def train_batch(cfg: ExperimentConfig, round_index: int, client_ids: Sequence[in
                 train_one: Callable[[int], ClientUpdate] | None = None) -> list[ClientUpdate]:
     """Clients trained together (vectorised engine): one deadline for the batch, failures per client.
 
-    Pre-training faults strike each client under its own deadline. If the batch fails and
-    ``train_one`` is given, its clients are trained again one by one, each in its own guard, so
-    one failing client fails alone (as with the loop engine).
+    The batch may take ``client_timeout_s`` times its number of clients, the time the loop engine
+    would give them one after another, so a batch of healthy clients is not cut short just for
+    training several at once. Pre-training faults strike each client under its own deadline. If
+    the batch fails or runs out of time and ``train_one`` is given, its clients are trained again
+    one by one, each in its own guard, so one failing or hanging client fails alone (as with the
+    loop engine).
     """
     failed: dict[int, ClientUpdate] = {}
     timeout = cfg.reliability.client_timeout_s
@@ -157,7 +160,8 @@ def train_batch(cfg: ExperimentConfig, round_index: int, client_ids: Sequence[in
     trained: dict[int, ClientUpdate] = {}
     if ids:
         try:
-            updates = call_with_deadline(lambda: train_many(ids), timeout, f"round{round_index}-batch")
+            updates = call_with_deadline(lambda: train_many(ids), None if timeout is None else timeout * len(ids),
+                                         f"round{round_index}-batch")
             trained = {u.client_id: faults.after_training(cfg, round_index, u, reference) for u in updates}
         except Exception as exc:
             reason = f"client_train (batch of {len(ids)}): {_describe(exc)}"
