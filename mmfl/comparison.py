@@ -463,13 +463,16 @@ def to_csv(comp: Comparison) -> str:
     return buf.getvalue()
 
 
-def to_html(comp: Comparison, title: str = "mmfl comparison", figures: Sequence[str] = ()) -> str:
+def to_html(comp: Comparison, title: str = "mmfl comparison", figures: Sequence[str] | Mapping[str, str] = ()) -> str:
+    """The table as a page, with ``figures`` below it: file names next to the page, or a mapping of
+    name -> image source (e.g. a ``data:`` URI, for a page that stands alone)."""
     esc = html.escape
     head = "".join(f"<th>{esc(h)}</th>" for h in comp.header())
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in comp.cells())
     notes = "".join(f"<li>{esc(n)}</li>" for n in comp.notes)
     varying = f"<p>Settings that differ between the rows: {esc(', '.join(comp.varying))}</p>" if comp.varying else ""
-    imgs = "".join(f'<p><img src="{esc(f)}" alt="{esc(f)}"></p>' for f in figures)
+    sources = figures if isinstance(figures, Mapping) else {f: f for f in figures}
+    imgs = "".join(f'<p><img src="{esc(src)}" alt="{esc(name)}"></p>' for name, src in sources.items())
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
             "<style>table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
             "td:nth-child(-n+2){text-align:left}</style></head><body>"

@@ -100,3 +100,6 @@ def test_unequal_budgets_are_said_and_outputs_render():
     assert "| fedprox | train.local_epochs=2 | 3 | 85.0 ± 4.4 | +1.0 ± 1.7 (2/1) |" in md
     assert csv_text.splitlines()[0].startswith("method,settings,seeds,seed_list,acc/full/mean,acc/full/std,acc/full/n")
     assert "local_budget" in csv_text.splitlines()[0] and html.count("<tr>") == 4 and "accuracy_full.png" in html
+    # a page that stands alone names each figure and carries its image inline
+    inline = to_html(comp, figures={"final_accuracy.png": "data:image/png;base64,iVBORw0KGgo="})
+    assert '<img src="data:image/png;base64,iVBORw0KGgo=" alt="final_accuracy.png">' in inline

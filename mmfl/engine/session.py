@@ -30,8 +30,8 @@ from mmfl.engine.robust import clients_summary, record_round_clients, round_clie
 from mmfl.io import ArtifactStore
 from mmfl.io.layout import (completed_rounds, config_key, load_metrics, load_round, manifest_key, metrics_history,
                             resume_point, round_prefix, save_round, tracking_key)
+from mmfl.io.runs import run_params
 from mmfl.io.tracking import SafeTracker, attach_run, open_tracker
-from mmfl.methods import training_budget
 from mmfl.results import matrix_records, metric_key, plot_history, result_row
 from mmfl.state import RoundState
 
@@ -68,11 +68,6 @@ class ExperimentSession:
         self.start: int | None = None  # rounds done when the run began (None: not begun here, e.g. a pipeline task)
         self._late: dict[int, dict[str, Any]] = {}
         self._mark: float | None = None  # wall clock of this process's last round boundary
-
-    def budget_params(self) -> dict[str, Any]:
-        """The method's local budget and the shared settings it overrides, as run params."""
-        budget, overrides = training_budget(self.cfg)
-        return {"budget": budget, "override": overrides}
 
     # ---- identity ---------------------------------------------------------------------------
     def check_identity(self) -> None:
@@ -151,7 +146,7 @@ class ExperimentSession:
         cfg = self.cfg
         attached = attach_run(
             tracker, previous, run_name=f"{cfg.name}/{cfg.method.name}/s{cfg.seed}",
-            params={**cfg.model_dump(mode="json"), **self.budget_params()},
+            params=run_params(cfg),
             tags={"mmfl.experiment_id": self.exp_id, "mmfl.method": cfg.method.name,
                   "mmfl.train_missing": cfg.missing.label(), "mmfl.engine": self.engine, **self.tags},
             history=metrics_history(self.store, self.exp_id, upto=self.start), metrics_of=stored_round_metrics)

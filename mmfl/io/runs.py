@@ -1,4 +1,11 @@
-"""Read experiment runs back from MLflow for ``mmfl report``, and log a comparison as its own run."""
+"""Experiment runs as the report sees them (``comparison.Run``), and a comparison logged as its own run.
+
+A ``Run`` comes from an experiment's MLflow run (``experiment_runs``, ``run_records``: what
+``mmfl report`` and a comparison parent run read) or from its checkpoints in the store
+(``stored_run``: what the benchmark pipeline's comparison reads, tracking or not). Both take the
+result-changing settings from the same flat params (``run_params``, flattened as the tracker logs
+them), so the two readers group the same experiments alike.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +14,16 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmfl.comparison import Run
 from mmfl.config import ExperimentConfig, is_result_setting, pattern_of_metric
 from mmfl.errors import MmflError
-from mmfl.io.tracking import MLFLOW_HTTP_ENV, default_tracking_uri, safe_uri, unreachable
+from mmfl.io.tracking import MLFLOW_HTTP_ENV, default_tracking_uri, flatten, safe_uri, unreachable
 from mmfl.redact import redact_uri
+
+if TYPE_CHECKING:  # the store (and torch) only where a run is read from it: `mmfl report` starts without torch
+    from mmfl.io.store import ArtifactStore
 
 EXPERIMENT_TAG = "mmfl.experiment_id"  # set on every experiment's run (engine/session.py)
 KIND_TAG = "mmfl.kind"
@@ -31,6 +41,23 @@ def _client(uri: str | None):
     for name, value in MLFLOW_HTTP_ENV.items():
         os.environ.setdefault(name, value)
     return MlflowClient(tracking_uri=target)
+
+
+def run_params(cfg: ExperimentConfig) -> dict[str, Any]:
+    """An experiment run's params (nested; the tracker flattens them): the config, the method's
+    local budget (``budget.*``) and the shared settings it overrides (``override.*``)."""
+    from mmfl.methods import training_budget
+
+    budget, overrides = training_budget(cfg)
+    return {**cfg.model_dump(mode="json"), "budget": budget, "override": overrides}
+
+
+def _budget(params: Mapping[str, str]) -> dict[str, str]:
+    return {k[len("budget."):]: v for k, v in params.items() if k.startswith("budget.")}
+
+
+def _overrides(params: Mapping[str, str]) -> dict[str, str]:
+    return {k[len("override."):]: v for k, v in params.items() if k.startswith("override.") and v != "{}"}
 
 
 def result_settings(params: Mapping[str, str]) -> dict[str, str]:
@@ -71,10 +98,41 @@ def _run_record(client, run) -> Run:
         run_id=run.info.run_id, method=tags.get("mmfl.method") or params.get("method.name", "?"), seed=seed,
         settings=result_settings(params), results={p: r for p, r in results.items() if "acc" in r},
         curves=curves, costs=costs, rounds=int(params.get("train.rounds", "0") or 0),
-        budget={k[len("budget."):]: v for k, v in params.items() if k.startswith("budget.")},
-        overrides={k[len("override."):]: v for k, v in params.items() if k.startswith("override.") and v != "{}"},
+        budget=_budget(params), overrides=_overrides(params),
         experiment_id=tags.get(EXPERIMENT_TAG, ""), start_time=int(run.info.start_time or 0),
     )
+
+
+def stored_run(store: ArtifactStore, cfg: ExperimentConfig, round_index: int, run_id: str = "") -> Run:
+    """The experiment ``cfg`` after round ``round_index`` (its last) as the report sees it, read from
+    its checkpoints in ``store``, no MLflow needed (``run_id``: its MLflow run, if known; else the
+    experiment id).
+
+    Results: that round's evaluation; curves: accuracy per evaluated round (each round's
+    ``metrics.json``); costs: the deterministic ones of the round history (bytes, client updates,
+    client counters; summed over rounds as the report sums the logged ``cost/*``). Wall time and
+    peak memory are measured by the running process and logged to MLflow only, so a stored run has
+    no ``round_wall_s`` (hence no wall time or client updates per second) and no ``peak_*``.
+    """
+    from mmfl.io.layout import load_round, metrics_history
+
+    exp_id = cfg.experiment_id()
+    state, metrics = load_round(store, exp_id, round_index)
+    final = metrics.get("eval") or {}
+    results = {p: {k: float(v[k]) for k in ("acc", "f1") if k in v} for p, v in final.items() if "acc" in v}
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for entry in metrics_history(store, exp_id, upto=round_index):
+        for pattern, vals in (entry.get("eval") or {}).items():
+            if "acc" in vals:
+                curves.setdefault(pattern, []).append((int(entry["round"]), float(vals["acc"])))
+    costs: dict[str, float] = {}
+    for entry in state.meta.get("history", []):
+        for name, value in (entry.get("costs") or {}).items():
+            costs[name] = costs.get(name, 0.0) + float(value)
+    params = flatten(run_params(cfg))
+    return Run(run_id=run_id or exp_id, method=cfg.method.name, seed=cfg.seed, settings=result_settings(params),
+               results=results, curves=curves, costs=costs, rounds=cfg.train.rounds, budget=_budget(params),
+               overrides=_overrides(params), experiment_id=exp_id)
 
 
 def run_records(client, run_ids: list[str]) -> list[Run]:

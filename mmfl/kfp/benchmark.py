@@ -3,6 +3,11 @@
 Each cell is a whole experiment in one task (its rounds run by the local engine inside the pod,
 with state in the bucket and metrics in its own MLflow run), so a grid costs one task per cell
 plus the comparison, which keeps a benchmark run within the task budget of one KFP run.
+
+The comparison is the report's (``mmfl/comparison.py``) over the cells read back from the store
+as ``Run`` records (``io.runs.stored_run``): the same groups, mean ± sample std over seeds and
+table as ``mmfl report``, with tracking on or off; the benchmark adds only the
+accuracy-vs-missing-rate plot, drawn from the comparison's own statistics.
 """
 
 from __future__ import annotations
@@ -10,21 +15,23 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from mmfl.comparison import (FINAL_FIGURE, METHOD_KEY, Comparison, Group, Run, compare, figure_name, plot_final,
+                             plot_pattern, to_html)
 from mmfl.config import ExperimentConfig, grid_configs, parse_config
-from mmfl.data.dataset import DataSpec
-from mmfl.data.missing import eval_patterns
 from mmfl.errors import ConfigError
-from mmfl.io.layout import latest_round, load_round
+from mmfl.io.layout import latest_round
+from mmfl.io.runs import stored_run
 from mmfl.kfp.tasks import load_cfg, store_of, write_manifest
 from mmfl.methods import resolve
 from mmfl.results import matrix_records, result_row
 
 MAX_CELLS = 38
+RATE_KEY = "missing.rate"
+RATE_FIGURE = "accuracy_vs_missing_rate.png"
 
 
 def benchmark_cells(cfg: ExperimentConfig, methods: list[str] | None = None, rates: list[float] | None = None,
@@ -67,93 +74,86 @@ def run_cell_task(config_json: str, result_path: str, run_key: str = "", kfp_run
                                         "config": json.dumps(cfg.model_dump(mode="json"), sort_keys=True)})
 
 
-def collect_rows(configs: list[ExperimentConfig]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Final test matrix of each cell, read from its checkpoint in the store."""
-    rows, patterns = [], []
-    for cfg in configs:
+def collect_runs(configs: list[ExperimentConfig], cell_runs: list[str] | None = None
+                 ) -> tuple[list[Run], list[dict[str, Any]]]:
+    """Each cell as the report sees a run (``io.runs.stored_run``: read from its checkpoints in the
+    store, so it works with tracking off; no wall time or peak memory, which only MLflow holds) and
+    its row of the test matrix. ``cell_runs``: the cells' MLflow run ids, in the same order, if known."""
+    runs, rows = [], []
+    run_ids = [*(cell_runs or []), *[""] * len(configs)]
+    for cfg, run_id in zip(configs, run_ids):
         store, exp_id = store_of(cfg), cfg.experiment_id()
         last = latest_round(store, exp_id)
         if last is None or last < cfg.train.rounds:
             raise ConfigError(f"benchmark cell {exp_id}: finished {last or 0} of {cfg.train.rounds} rounds")
-        state, metrics = load_round(store, exp_id, last)
-        final = metrics.get("eval") or {}
-        patterns = patterns or eval_patterns(DataSpec.from_json(state.meta["data_spec"]).names, cfg.eval.patterns)
-        rows.append({**result_row(cfg, last, final), "rate": cfg.missing.rate})
-    return rows, patterns
+        run = stored_run(store, cfg, last, run_id)
+        runs.append(run)
+        rows.append(result_row(cfg, last, run.results))
+    return runs, rows
 
 
-def summarise(rows: list[dict[str, Any]], patterns: list[str]) -> dict[str, list]:
-    """Mean and standard deviation over seeds of accuracy and F1, per (method, rate, test pattern)."""
-    groups: dict[tuple[str, float, str], list[tuple[float, float]]] = {}
-    for row in rows:
-        for p in patterns:
-            if p in row["results"]:
-                groups.setdefault((row["method"], row["rate"], p), []).append(
-                    (row["results"][p]["acc"], row["results"][p]["f1"]))
-    out: dict[str, list] = {k: [] for k in ("method", "missing_rate", "test_pattern", "seeds", "acc_mean", "acc_std",
-                                            "f1_mean", "f1_std")}
-    for (method, rate, p), vals in sorted(groups.items()):
-        arr = np.asarray(vals)
-        for key, value in (("method", method), ("missing_rate", rate), ("test_pattern", p), ("seeds", len(vals)),
-                           ("acc_mean", float(arr[:, 0].mean())), ("acc_std", float(arr[:, 0].std())),
-                           ("f1_mean", float(arr[:, 1].mean())), ("f1_std", float(arr[:, 1].std()))):
-            out[key].append(value)
-    return out
-
-
-def plot_summary(summary: dict[str, list], patterns: list[str], title: str):
-    """Accuracy vs training missing rate, one panel per test pattern, one line per method."""
+def plot_missing_rate(comp: Comparison, title: str):
+    """Accuracy vs training missing rate, one panel per test pattern, one line per method (and any
+    other setting that differs besides the rate); points and error bars are ``Comparison.stat``:
+    the mean and sample std over seeds, as in the table."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
+    others = [k for k in comp.varying if k not in (METHOD_KEY, RATE_KEY)]
+    lines: dict[str, list[Group]] = {}
+    for g in comp.groups:
+        lines.setdefault(" ".join([g.method, *(f"{k}={g.settings.get(k, '-')}" for k in others)]), []).append(g)
+    patterns = comp.patterns
     fig, axes = plt.subplots(1, len(patterns), figsize=(4 * len(patterns), 3.5), dpi=100, squeeze=False)
-    methods = sorted(set(summary["method"]))
     for ax, p in zip(axes[0], patterns):
-        for m in methods:
-            idx = [i for i, (mm, pp) in enumerate(zip(summary["method"], summary["test_pattern"])) if mm == m and pp == p]
-            xs = [summary["missing_rate"][i] for i in idx]
-            ax.errorbar(xs, [summary["acc_mean"][i] for i in idx], yerr=[summary["acc_std"][i] for i in idx],
-                        marker="o", capsize=3, label=m)
+        for label, groups in lines.items():
+            points = sorted(((float(g.settings.get(RATE_KEY, "nan")), comp.stat(g, p)) for g in groups),
+                            key=lambda point: point[0])
+            points = [(x, s) for x, s in points if s.n]
+            ax.errorbar([x for x, _ in points], [s.mean for _, s in points],
+                        yerr=[0.0 if math.isnan(s.std) else s.std for _, s in points], marker="o", capsize=3,
+                        label=label)
         ax.set_title(f"test: {p}")
         ax.set_xlabel("training missing rate")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy")
-    axes[0][-1].legend()
+    axes[0][0].set_ylabel(f"test {comp.metric} (mean ± std over seeds)")
+    axes[0][-1].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
-def summary_html(summary: dict[str, list], png: bytes, title: str) -> str:
-    head = "".join(f"<th>{k}</th>" for k in summary)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{v:.4f}</td>" if isinstance(v, float) else f"<td>{v}</td>" for v in row) + "</tr>"
-        for row in zip(*summary.values()))
-    img = base64.b64encode(png).decode()
-    return (f"<html><body><h3>{title}</h3><table border='1'><tr>{head}</tr>{body}</table>"
-            f"<img src='data:image/png;base64,{img}'/></body></html>")
+def _data_uri(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def compare_task(cells_json: list[str], name: str, html_path: str, cell_runs: list[str] | None = None,
                  tags: dict[str, str] | None = None) -> dict[str, Any]:
-    """Comparison table and plot of all cells, logged to MLflow as a dated parent run of the cells' runs
-    (``cell_runs``, their MLflow run ids) in the cells' experiment; ``tags`` name the KFP run."""
+    """The report's comparison (``mmfl.comparison.compare``) of all cells, read from the store.
+
+    ``html_path`` gets the report's table (``to_html``: mean ± sample std over seeds per group of
+    equal settings) with the accuracy-vs-missing-rate plot, the report's final-accuracy plot and
+    its accuracy-vs-round/cost plot per test pattern, all inline. With tracking on, a dated parent
+    run of the cells' runs (``cell_runs``, their MLflow run ids) in the cells' experiment gets the
+    same table as ``benchmark_summary.json`` (``Comparison.columns``), the per-cell test matrix
+    (``benchmark_cells.json``) and the plot; ``tags`` name the KFP run."""
     from matplotlib import pyplot as plt
 
     configs = [load_cfg(c) for c in cells_json]
     if not configs:
         raise ConfigError("benchmark: no cells to compare")
-    rows, patterns = collect_rows(configs)
-    summary = summarise(rows, patterns)
+    runs, rows = collect_runs(configs, cell_runs)
+    comp = compare(runs)
     title = f"{name}: {configs[0].data.name}, {configs[0].train.rounds} rounds"
-    fig = plot_summary(summary, patterns, title)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    figures = {RATE_FIGURE: plot_missing_rate(comp, title), FINAL_FIGURE: plot_final(comp, title),
+               **{figure_name(p): plot_pattern(comp, p) for p in comp.patterns}}
     Path(html_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(html_path).write_text(summary_html(summary, buf.getvalue(), title))
+    Path(html_path).write_text(to_html(comp, title, {n: _data_uri(f) for n, f in figures.items()}))
     run_id = ""
     tracking = configs[0].tracking
     if tracking.enabled:
@@ -166,11 +166,12 @@ def compare_task(cells_json: list[str], name: str, html_path: str, cell_runs: li
                                   tags={"mmfl.kind": "benchmark", "mmfl.benchmark": name, **(tags or {})},
                                   params={"cells": len(configs), "rounds": configs[0].train.rounds,
                                           "data": configs[0].data.name})
-        tracker.log_table(summary, "benchmark_summary.json")
-        tracker.log_table(matrix_records(rows, patterns), "benchmark_cells.json")
-        tracker.log_figure(fig, "benchmark_accuracy_vs_missing_rate.png")
-        tracker.log_dict({"experiments": [c.experiment_id() for c in configs], "runs": cell_runs or []},
-                         "benchmark_cells_index.json")
+        tracker.log_table(comp.columns(), "benchmark_summary.json")
+        tracker.log_table(matrix_records(rows, comp.patterns), "benchmark_cells.json")
+        tracker.log_figure(figures[RATE_FIGURE], "benchmark_accuracy_vs_missing_rate.png")
+        tracker.log_dict({"experiments": [c.experiment_id() for c in configs], "runs": cell_runs or [],
+                          "notes": comp.notes}, "benchmark_cells_index.json")
         tracker.finish("FINISHED")
-    plt.close(fig)
-    return {"cells": len(configs), "mlflow_run_id": run_id or "", "patterns": ",".join(patterns)}
+    for fig in figures.values():
+        plt.close(fig)
+    return {"cells": len(configs), "mlflow_run_id": run_id or "", "patterns": ",".join(comp.patterns)}
