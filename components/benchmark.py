@@ -20,8 +20,8 @@ def run_cell(config_json: str, result: Output[Artifact], run_key: str = "", fres
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def compare(benchmark_name: str, results: Input[List[Artifact]], report: Output[HTML], kfp_run_id: str = "",
             kfp_run_name: str = ""):
-    """Comparison table and accuracy-vs-missing-rate plot of all cells, logged to MLflow as a dated
-    parent run with the cells' runs nested under it."""
+    """``mmfl report``'s comparison of all cells (read from the store) as the HTML report, with the
+    accuracy-vs-missing-rate plot; logged to MLflow as a dated parent run with the cells' runs nested."""
     import json
 
     from mmfl.kfp.benchmark import compare_task
