@@ -85,3 +85,21 @@ def test_auto_uses_the_loop_for_a_method_it_cannot_vectorize_said_once(tmp_path,
         assert max_diff(u.tensors, v.tensors) == 0.0
     assert max_diff(agg_loop.tensors, agg_auto.tensors) < TOL
     assert max_diff(agg_loop.tensors, state.tensors) > 1e-3
+
+
+class InexactFedAvg(FedAvg):
+    """FedAvg's own training hooks, but declared inexact when trained together in this setting."""
+
+    def inexact_vectorized(self, ctx):
+        return "inexact-fedavg: clients trained together differ from the loop here"
+
+
+def test_auto_uses_the_loop_when_a_method_with_fedavgs_hooks_says_it_is_inexact(tmp_path, monkeypatch, caplog):
+    """``inexact_vectorized`` is honoured by the plain trainer's path too (not only the method trainer's)."""
+    monkeypatch.setitem(METHODS, "inexact_fedavg", f"{__name__}:InexactFedAvg")
+    with caplog.at_level(logging.INFO, logger="mmfl.engine.vectorized"):
+        _, _, auto, _ = _round(tmp_path / "a", "auto", "inexact_fedavg")
+    assert not any(isinstance(u.tensors, StackView) for u in auto)
+    assert any("one by one" in r.getMessage() and "inexact-fedavg" in r.getMessage() for r in caplog.records)
+    _, _, vec, _ = _round(tmp_path / "v", "vectorized", "inexact_fedavg")  # asked for explicitly: together
+    assert all(isinstance(u.tensors, StackView) for u in vec)
