@@ -140,8 +140,9 @@ def trainer_for(method: Method, cfg: ExperimentConfig, state: RoundState, sample
     found = _special(method, cfg, state, sample)
     if found is None:
         if method_reason(method) is None:  # Method's own training hooks: the plain trainer
-            found = _trainer(method, cfg, state, DataSpec.from_json(state.meta["data_spec"]), sample, cuda_graph,
-                             static_buffers)
+            spec = DataSpec.from_json(state.meta["data_spec"])
+            inexact = method.inexact_vectorized(Context(cfg, spec, state.round + 1)) if cfg.train.engine == "auto" else None
+            found = inexact or _trainer(method, cfg, state, spec, sample, cuda_graph, static_buffers)
         else:  # hooks of its own: the method trainer
             found = method_trainer_for(method, cfg, state, sample)
     if not isinstance(found, str):
