@@ -17,6 +17,7 @@ from mmfl.engine.vectorized.batches import build_chunk_batches
 from mmfl.engine.vectorized import client_train_vectorized
 from mmfl.methods.base import Context, iterate_batches
 from mmfl.methods.fedavg import FedAvg
+from mmfl.methods.fedprox import FedProx
 from mmfl.methods import parse_experiment
 from tests.conftest import tiny_config_dict
 from tests.helpers.engines import max_diff
@@ -106,6 +107,23 @@ def test_zerofill_round_equals_loop_with_unused_placeholders(tmp_path):
 def test_attention_fusion_round_equals_loop(tmp_path):
     cfg, shards, state = _setup(tmp_path, model={"embed_dim": 16, "hidden": 32, "fusion": "attention"}, train=ONE_EPOCH)
     _assert_same_round(cfg, shards, state)
+
+
+class _ProxZeroFill(FedProx):
+    """FedProx's penalty on the zero-fill model, whose placeholders only the penalty reaches."""
+
+    missing_strategy = "zero"
+
+
+def test_a_parameter_only_the_penalty_uses_trains_as_in_the_loop(tmp_path):
+    # The loop's backward includes the proximal term, so the placeholders get a (zero) gradient
+    # and SGD's weight decay moves them; the vectorized engine must not hold them fixed.
+    cfg, shards, _ = _setup(tmp_path, method={"name": "fedprox", "params": {"mu": 0.5}}, train=ONE_EPOCH)
+    method = _ProxZeroFill()
+    state = _method_state(cfg, method)
+    state.tensors["model/placeholders"] = torch.ones_like(state.tensors["model/placeholders"])
+    loop, _ = _assert_same_round(cfg, shards, state, method)
+    assert max_diff({"p": loop[0].tensors["model/placeholders"]}, {"p": state.tensors["model/placeholders"]}) > 1e-5
 
 
 class _GRUNet(nn.Module):
