@@ -36,11 +36,17 @@ def static_reason(model: nn.Module) -> str | None:
     return None
 
 
-def unused_parameters(model: nn.Module, inputs: Tensors, present: torch.Tensor, labels: torch.Tensor) -> set[str]:
-    """Trainable parameters that get no gradient (``grad is None``) in an ordinary backward pass."""
+def unused_parameters(model: nn.Module, inputs: Tensors, present: torch.Tensor, labels: torch.Tensor,
+                      penalty: Callable[[Tensors, Tensors], torch.Tensor | None] | None = None,
+                      anchor: Tensors | None = None) -> set[str]:
+    """Trainable parameters that get no gradient (``grad is None``) in an ordinary backward pass of
+    the loop's loss: cross-entropy plus ``penalty(params, anchor)`` (a parameter only the penalty
+    reaches gets a gradient, so the loop's SGD decays it and moves its momentum)."""
     ref = copy.deepcopy(model)
     ref.zero_grad(set_to_none=True)
-    F.cross_entropy(ref(inputs, present), labels).backward()
+    loss = F.cross_entropy(ref(inputs, present), labels)
+    extra = penalty(dict(ref.named_parameters()), anchor or {}) if penalty is not None else None
+    (loss if extra is None else loss + extra).backward()
     return {n for n, p in ref.named_parameters() if p.requires_grad and p.grad is None}
 
 

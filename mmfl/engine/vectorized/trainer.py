@@ -75,7 +75,7 @@ class VectorTrainer:
             for n, p in named.items():
                 p.copy_(self.static[n])
         try:
-            unused = unused_parameters(self.model, inputs, present, labels)
+            unused = unused_parameters(self.model, inputs, present, labels, self.penalty, self.anchor)
         except Exception as exc:  # noqa: BLE001 - a model that cannot run this batch cannot be vectorized either
             return f"forward/backward on a sample batch failed: {type(exc).__name__}: {exc}"
         self.trainable = [n for n, p in named.items() if p.requires_grad and n not in unused]
