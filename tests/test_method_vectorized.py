@@ -6,13 +6,16 @@ import logging
 from pathlib import Path
 
 import pytest
+import torch
 
 from mmfl.engine import steps
+from mmfl.engine.vectorized import client_train_vectorized, loop_train
 from mmfl.engine.vectorized.method_trainer import MethodTrainer
 from mmfl.engine.vectorized.stack import StackView
 from mmfl.methods import parse_experiment
+from mmfl.methods.zerofill import ZeroFill
 from tests.conftest import tiny_config_dict
-from tests.helpers.engines import max_diff
+from tests.helpers.engines import federation, max_diff
 
 TOL = 1e-6
 
@@ -80,3 +83,25 @@ def test_the_probe_refuses_a_loss_that_differs_under_vmap(tmp_path):
     data = steps.prepare_data(cfg)
     trainer = MethodTrainer(steps.method_of(cfg), cfg, steps.init_state(cfg, data.spec))
     assert "dropout" in trainer.prepare(data.clients[0])
+
+
+class _PersonalPlaceholders(ZeroFill):
+    """Each client starts from placeholders of its own, which its zero-fill model never trains."""
+
+    def start_weights(self, state, ctx):
+        weights = state.model_weights()
+        weights["placeholders"] = torch.full_like(weights["placeholders"], float(ctx.client_id + 1))
+        return weights
+
+
+def test_a_personal_start_tensor_that_does_not_train_stays_the_clients_own(tmp_path):
+    """``start_weights`` may personalise tensors that do not train: each client keeps (and returns) its own."""
+    cfg = parse_experiment(tiny_config_dict(tmp_path, method={"name": "zerofill"}, partition={"scheme": "iid"},
+                                            train={"engine": "vectorized", "vector_chunk": 4, "momentum": 0.9}))
+    shards, state = federation(cfg)
+    method, ids = _PersonalPlaceholders(), list(shards)
+    loop, vec = loop_train(method, cfg, state, shards, ids), client_train_vectorized(cfg, state, shards, ids, method=method)
+    assert all(isinstance(u.tensors, StackView) for u in vec)  # trained together, in one chunk
+    for cid, u, v in zip(ids, loop, vec):
+        assert float(u.tensors["model/placeholders"][0, 0]) == cid + 1
+        assert max_diff(u.tensors, dict(v.tensors)) < TOL
