@@ -209,9 +209,11 @@ class MethodTrainer:
         return loss if pen is None else loss + pen
 
     def _grad_fn(self, fixed: Tensors | None = None):
-        """``(step, stacked params, stacked batch rows, stacked step data) -> (grads, losses, aux)``.
+        """``(step, stacked params, stacked batch rows, stacked step data[, stacked personal]) -> (grads, losses, aux)``.
 
-        ``fixed``: the tensors that do not train (default: those of the global model)."""
+        ``fixed``: the tensors that do not train (default: those of the global model), the same for
+        every client; ``personal``: tensors that do not train either but differ between the clients
+        (``start_weights``), stacked."""
         loss_module = _Loss(self.method, self.model, self.state, self.ctx)
         if fixed is None:
             fixed = {k: v.to(self.device) for k, v in self.global_weights.items() if k not in self.trainable}
@@ -219,14 +221,15 @@ class MethodTrainer:
         anchor = {k: v.to(self.device) for k, v in self.global_weights.items()}
         anchor = {n: anchor[n] for n, _ in self.model.named_parameters()}
 
-        def one(params: Tensors, rows: Tensors, step_data: Tensors):
-            tensors = {**fixed, **{f"model.{k}": v for k, v in params.items()}}
+        def one(params: Tensors, rows: Tensors, step_data: Tensors, personal: Tensors):
+            tensors = {**fixed, **{f"model.{k}": v for k, v in {**personal, **params}.items()}}
             return functional_call(loss_module, tensors, (_split(rows, "input/"), rows["present"], rows["labels"],
                                                           _split(rows, "extra/"), step_data, rows["weight"], anchor))
 
-        def run(step: int, params: Tensors, rows: Tensors, step_data: Tensors):
+        def run(step: int, params: Tensors, rows: Tensors, step_data: Tensors, personal: Tensors | None = None):
             loss_module.step = step
-            grads, (losses, aux) = batched_grad(one, params, rows, step_data, has_aux=True, transform=self.transform)
+            grads, (losses, aux) = batched_grad(one, params, rows, step_data, personal or {}, has_aux=True,
+                                                transform=self.transform)
             return grads, losses, aux
 
         return run
@@ -269,7 +272,12 @@ class MethodTrainer:
             idx = torch.arange(num_steps)
             step_rows[key] = torch.stack([p[idx.clamp_max(p.shape[0] - 1)] for p in per], dim=1).to(dev)  # (S, C, ...)
         starts = [method.start_weights(self.state, ctxs[c]) for c in ids]
-        fixed = {k: v.to(dev) for k, v in starts[0].items() if k not in self.trainable}
+        # Tensors that do not train are shared by the chunk, unless ``start_weights`` gives clients
+        # their own: those are stacked and stay each client's (as in the loop).
+        own = [k for k in starts[0] if k not in self.trainable
+               and any(s[k] is not starts[0][k] and not torch.equal(s[k], starts[0][k]) for s in starts[1:])]
+        personal = {k: torch.stack([s[k] for s in starts]).to(dev) for k in own}
+        fixed = {k: v.to(dev) for k, v in starts[0].items() if k not in self.trainable and k not in personal}
         params = {n: torch.stack([s[n] for s in starts]).to(dev).clone() for n in self.trainable}
         opt = VectorOptimizer(self.settings, params)
         c = len(ids)
@@ -280,7 +288,7 @@ class MethodTrainer:
         with torch.no_grad():  # torch.func computes the gradients; nothing outside needs autograd
             for s in range(num_steps):
                 grads, losses, aux = grad_fn(s, params, {k: v[s] for k, v in rows.items()},
-                                             {k: v[s] for k, v in step_rows.items()})
+                                             {k: v[s] for k, v in step_rows.items()}, personal)
                 act = active[s]
                 updated = {k[len(_UPDATED):]: v for k, v in aux.items() if k.startswith(_UPDATED)}
                 opt.step(params, grads, act, updated)
@@ -292,8 +300,9 @@ class MethodTrainer:
                     masked = torch.where(mask, v.to(torch.float64) if v.dim() == 1 else v, torch.zeros_like(v))
                     target = scalar_sums if v.dim() == 1 else vector_sums
                     target[k] = target[k] + masked if k in target else masked.clone()
-        shared = {f"model/{k}": v for k, v in starts[0].items() if k not in self.trainable}
-        stack = ClientStack({f"model/{n}": v for n, v in params.items()}, shared, [f"model/{k}" for k in self.state_keys])
+        shared = {f"model/{k}": v for k, v in starts[0].items() if k not in self.trainable and k not in personal}
+        stack = ClientStack({f"model/{n}": v for n, v in {**params, **personal}.items()}, shared,
+                            [f"model/{k}" for k in self.state_keys])
         updates = []
         share = (time.perf_counter() - started) / len(ids)  # clients of a chunk train together
         for j, cid in enumerate(ids):
