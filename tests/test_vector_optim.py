@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mmfl.engine.vectorized.optim import VectorOptimizer, settings_of, unsupported
 
@@ -84,3 +86,17 @@ def test_chunks_group_clients_of_similar_length():
     assert chunks == [[0, 1, 4], [2, 3, 5]]
     assert plan_chunks([1, 1, 1, 8], 64) == [[0, 1, 2], [3]]
     assert sorted(i for c in chunks for i in c) == list(range(6))
+
+
+@given(st.lists(st.integers(0, 60), min_size=1, max_size=40), st.integers(1, 12))
+def test_every_chunk_keeps_padding_within_a_quarter(steps, max_chunk):
+    """Property (seeded): each client in exactly one chunk, at most ``max_chunk`` per chunk, and at
+    most 25% of a chunk's client-steps padding (a client of 0 steps counts as 1)."""
+    from mmfl.engine.vectorized.batches import plan_chunks
+
+    chunks = plan_chunks(steps, max_chunk)
+    assert sorted(i for c in chunks for i in c) == list(range(len(steps)))
+    for chunk in chunks:
+        assert 1 <= len(chunk) <= max_chunk
+        lengths = [max(steps[i], 1) for i in chunk]
+        assert len(chunk) * max(lengths) - sum(lengths) <= 0.25 * len(chunk) * max(lengths)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 from torch.nn import functional as F
 
@@ -217,3 +219,25 @@ def test_local_engine_runs_vectorized_like_the_loop(tmp_path):
         assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-5)
     for pattern, vals in loop.final.items():
         assert vec.final[pattern]["acc"] == pytest.approx(vals["acc"], abs=1e-6)
+
+
+@given(st.lists(st.tuples(st.integers(1, 13), st.integers(1, 6), st.integers(1, 3), st.integers(0, 2**31)),
+                min_size=1, max_size=4))
+def test_padded_schedule_holds_each_clients_loop_batches(clients):
+    """Property (seeded): per-client sizes, batch sizes and epochs; each client's real rows, step by
+    step, are the loop's batches, its padded slots and steps have weight 0, its active steps are its own."""
+    from mmfl.engine.vectorized.batches import chunk_schedule
+
+    sizes, batch, epochs, seeds = (list(x) for x in zip(*clients))
+    sched = chunk_schedule(sizes, seeds, batch, epochs)
+    assert sched.index.shape[2] == max(min(b, n) for b, n in zip(batch, sizes))
+    for j, (n, b, e, seed) in enumerate(clients):
+        gen = torch.Generator().manual_seed(seed)
+        expected = [idx for _ in range(e) for idx in iterate_batches(n, b, gen)]
+        assert int(sched.steps[j]) == len(expected)
+        assert sched.active[:, j].tolist() == [s < len(expected) for s in range(sched.index.shape[0])]
+        for s in range(sched.index.shape[0]):
+            real = sched.weight[s, j] > 0
+            got = sched.index[s, j][real].tolist()
+            assert got == (expected[s].tolist() if s < len(expected) else [])
+            assert bool(real[: len(got)].all())  # real slots first, padding after
