@@ -17,6 +17,7 @@ from mmfl.engine import steps
 from mmfl.local import run_experiment
 from mmfl.engine.vectorized.batches import build_chunk_batches
 from mmfl.engine.vectorized import client_train_vectorized
+from mmfl.engine.vectorized.stack import StackView
 from mmfl.methods.base import Context, iterate_batches
 from mmfl.methods.fedavg import FedAvg
 from mmfl.methods.fedprox import FedProx
@@ -241,3 +242,33 @@ def test_padded_schedule_holds_each_clients_loop_batches(clients):
             got = sched.index[s, j][real].tolist()
             assert got == (expected[s].tolist() if s < len(expected) else [])
             assert bool(real[: len(got)].all())  # real slots first, padding after
+
+
+# Samples that miss every modality are dropped: small clients can be left with no sample at all.
+EMPTY_CLIENTS = {"partition": {"scheme": "dirichlet", "num_clients": 40, "alpha": 100.0, "min_client_size": 1},
+                 "missing": {"pattern": "independent", "rate": 0.8, "drop_all_missing": True}}
+
+
+@pytest.mark.parametrize("method", ["fedavg", "pmcmfl", "flexmod", "threefm"])
+def test_a_client_without_samples_trains_together_with_the_others_as_in_the_loop(tmp_path, method, caplog):
+    """The loop gives an empty client a 0-step update; the vectorized engine does the same, within
+    the batch (no fallback of the whole round), also when the first sampled client is empty."""
+    cfg, shards, _ = _setup(tmp_path, method={"name": method}, train={"batch_size": 2, "engine": "vectorized",
+                                                                      "vector_chunk": 8}, **EMPTY_CLIENTS)
+    state = steps.init_state(cfg, steps.prepare_data(cfg).spec)
+    empty = [c for c, s in shards.items() if len(s) == 0]
+    assert empty and len(empty) < len(shards)
+    ids = [empty[0], *[c for c in steps.sample_clients(cfg, 1) if c != empty[0]]]
+    loop_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"engine": "loop"})})
+    loop = steps.client_train(loop_cfg, state, shards, ids)
+    with caplog.at_level(logging.INFO, logger="mmfl"):
+        vec = steps.client_train(cfg, state, shards, ids)
+    assert not any("one by one" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+    assert all(isinstance(v.tensors, StackView) for v in vec)
+    for u, v in zip(loop, vec):
+        assert u.num_samples == v.num_samples and u.metrics.keys() == v.metrics.keys()
+        for k in u.metrics:
+            if not k.endswith("time_s"):
+                assert v.metrics[k] == pytest.approx(u.metrics[k], rel=1e-6, abs=1e-6), k
+        assert max_diff(u.tensors, dict(v.tensors)) < TOL
+    assert {u.client_id for u in loop if u.metrics["local_steps"] == 0} >= set(empty)
