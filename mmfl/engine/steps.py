@@ -102,7 +102,7 @@ def client_train(
     if cfg.train.engine in ("auto", "vectorized") and client_ids:
         from mmfl.engine import vectorized
 
-        trainer = vectorized.trainer_for(method, cfg, state, shards[client_ids[0]])
+        trainer = vectorized.trainer_for(method, cfg, state, vectorized.sample_shard(shards, client_ids))
         if trainer is not None:
             return robust.train_batch(cfg, state.round + 1, client_ids,
                                       lambda ids: vectorized.train_clients(trainer, cfg, state, shards, ids),

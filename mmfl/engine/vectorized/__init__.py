@@ -137,7 +137,10 @@ def trainer_for(method: Method, cfg: ExperimentConfig, state: RoundState, sample
     without capturing (a check of that path on any device). The reason for None is logged:
     loudly once per setting and process, then quietly every further round.
     """
-    found = _special(method, cfg, state, sample)
+    # Nothing to check the engine on (a client without samples): say so for this call only, without
+    # caching a verdict for the setting. Callers pass a client that has samples where there is one.
+    found = "the sample client holds no sample to check the engine on" if len(sample) == 0 else None
+    found = found or _special(method, cfg, state, sample)
     if found is None:
         if method_reason(method) is None:  # Method's own training hooks: the plain trainer
             spec = DataSpec.from_json(state.meta["data_spec"])
@@ -175,10 +178,15 @@ def client_train_vectorized(
     client_ids = list(client_ids)
     if not client_ids:
         return []
-    trainer = trainer_for(method, cfg, state, shards[client_ids[0]], cuda_graph, static_buffers)
+    trainer = trainer_for(method, cfg, state, sample_shard(shards, client_ids), cuda_graph, static_buffers)
     if trainer is None:
         return loop_train(method, cfg, state, shards, client_ids)
     return train_clients(trainer, cfg, state, shards, client_ids)
+
+
+def sample_shard(shards: Mapping[int, MultimodalDataset], client_ids: Sequence[int]) -> MultimodalDataset:
+    """The shard ``trainer_for`` checks the engine on: the first of ``client_ids`` that holds samples."""
+    return next((shards[c] for c in client_ids if len(shards[c])), shards[client_ids[0]])
 
 
 def loop_train(method: Method, cfg: ExperimentConfig, state: RoundState,

@@ -8,7 +8,7 @@ generator seeded with the client's seed, consecutive slices of ``batch_size``), 
 is described by two masks: ``weight`` (which batch slots hold a real sample) and ``active``
 (which steps are real for a client). Padded slots point at sample 0 so that every gather stays
 in range; their weight is zero, and an inactive step leaves the client's parameters and
-momentum untouched.
+momentum untouched. A client without samples takes no step (as in the loop) and pads throughout.
 
 The schedule (small integer grids) is built on the host; the samples themselves are gathered
 where they live, so a trainer on a GPU keeps its clients' data there across rounds.
@@ -73,8 +73,8 @@ def chunk_schedule(sizes: Sequence[int], seeds: Sequence[int], batch_size: int |
         raise ValueError(f"{len(sizes)} shards but {len(seeds)} seeds")
     if not sizes:
         raise ValueError("a chunk needs at least one client")
-    if min(sizes) <= 0:
-        raise ValueError("a client shard is empty; every sampled client needs at least one sample")
+    if min(sizes) < 0:
+        raise ValueError(f"a client shard has {min(sizes)} samples")
     c = len(sizes)
     sizes_b = [batch_size] * c if isinstance(batch_size, int) else list(batch_size)
     epochs_c = [epochs] * c if isinstance(epochs, int) else list(epochs)
@@ -123,7 +123,9 @@ def gather_rows(data: Sequence[dict[str, torch.Tensor]], schedule: ChunkSchedule
     """``(S, C, B, ...)`` per key: row ``schedule.index[s, c, b]`` of client ``c``'s tensor (one gather per key)."""
     sizes = [int(next(iter(d.values())).shape[0]) for d in data]
     offsets = torch.tensor([0, *sizes[:-1]], dtype=torch.long).cumsum(0)
-    flat_index = _to(schedule.index + offsets.view(1, -1, 1), device)
+    # A padded slot reads row 0 of its client; a client without samples has none, so its slots
+    # (all padding) read a neighbour's row instead, kept in range.
+    flat_index = _to((schedule.index + offsets.view(1, -1, 1)).clamp_max(max(sum(sizes) - 1, 0)), device)
     return {key: torch.cat([d[key] for d in data]).index_select(0, flat_index.reshape(-1)).reshape(
         *flat_index.shape, *data[0][key].shape[1:]) for key in data[0]}
 

@@ -270,7 +270,9 @@ class MethodTrainer:
         for key in data[ids[0]].per_step:
             per = [data[c].per_step[key] for c in ids]
             idx = torch.arange(num_steps)
-            step_rows[key] = torch.stack([p[idx.clamp_max(p.shape[0] - 1)] for p in per], dim=1).to(dev)  # (S, C, ...)
+            # (S, C, ...); a client's padded steps repeat its last row (zeros for a client without steps)
+            step_rows[key] = torch.stack([p[idx.clamp_max(p.shape[0] - 1)] if p.shape[0] else
+                                          p.new_zeros(num_steps, *p.shape[1:]) for p in per], dim=1).to(dev)
         starts = [method.start_weights(self.state, ctxs[c]) for c in ids]
         # Tensors that do not train are shared by the chunk, unless ``start_weights`` gives clients
         # their own: those are stacked and stay each client's (as in the loop).
@@ -309,12 +311,13 @@ class MethodTrainer:
             data[cid].aux["train_time_s"] = share
             n_steps = int(steps[j])
             metrics = {"train_loss": float(loss_sum[j]) / max(n_steps, 1)}
-            for k, v in scalar_sums.items():
+            # The loop records batch_loss's metrics once a step ran (a client without samples has none).
+            for k, v in scalar_sums.items() if n_steps else ():
                 total = float(v[j])
                 metrics[k] = total if k in method.summed_metrics else total / max(n_steps, 1)
             metrics["local_steps"] = float(n_steps)
             d = data[cid]
-            d.totals.update({k: v[j].detach().cpu() for k, v in vector_sums.items()})
+            d.totals.update({k: v[j].detach().cpu() for k, v in vector_sums.items()} if n_steps else {})
             updates.append(method.finish_update(self.state, shards[cid], stack.view(j), d, metrics, ctxs[cid]))
         return updates
 
