@@ -129,3 +129,17 @@ def test_a_model_with_dropout_uses_the_loop(tmp_path):
                                             model={"embed_dim": 16, "hidden": 32, "dropout": 0.2}))
     shards, state = federation(cfg)
     assert trainer_for(resolve(cfg).method, cfg, state, shards[0]) is None  # random masks: the loop
+
+
+def test_auto_keeps_the_loop_for_attention_fusion(tmp_path, caplog):
+    """The attention's key bias has an exact-zero gradient, which batched kernels round to noise that
+    the outer Adam turns into steps of up to ``outer_lr`` (beyond 1e-6 after a round): auto keeps the loop."""
+    cfg = parse_experiment(tiny_config_dict(tmp_path, train={"local_epochs": 2, "engine": "auto"},
+                                            method={"name": "threefm", "params": {"inner_lr": 0.05, "outer_lr": 0.01}},
+                                            missing=PROTOCOL, model={"embed_dim": 16, "hidden": 32, "fusion": "attention"}))
+    shards, state = federation(cfg)
+    with caplog.at_level(logging.INFO, logger="mmfl.engine.vectorized"):
+        assert trainer_for(resolve(cfg).method, cfg, state, shards[0]) is None
+    assert any("attention" in r.getMessage() and "one by one" in r.getMessage() for r in caplog.records)
+    vec_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"engine": "vectorized"})})
+    assert isinstance(trainer_for(resolve(vec_cfg).method, vec_cfg, state, shards[0]), ThreeFMTrainer)
