@@ -110,6 +110,10 @@ class ThreeFM(Method):
         if p.inner_optimizer == "adam" and not p.first_order:
             return ("3FM's second-order meta-gradient through the inner Adam step amplifies float rounding beyond "
                     "1e-6 after a round (train.engine: vectorized trains these clients together anyway)")
+        if ctx.cfg.model.fusion == "attention":
+            return ("3FM with attention fusion: the outer Adam turns float rounding on the attention key bias "
+                    "(exact gradient zero) into steps, beyond 1e-6 of the loop after a round "
+                    "(train.engine: vectorized trains these clients together anyway)")
         return None
 
     def local_epochs(self, ctx: Context) -> int:
