@@ -199,11 +199,12 @@ class ThreeFMTrainer:
         total = torch.zeros(c, dtype=torch.float64, device=self.device)
         fallbacks = torch.zeros(c, dtype=torch.float64, device=self.device)
         with torch.no_grad():  # torch.func computes the gradients; nothing outside needs autograd
+            any_active, all_active = schedule.active.any(dim=1).tolist(), schedule.active.all(dim=1).tolist()
             for s in range(schedule.active.shape[0]):
-                if not bool(schedule.active[s].any()):
+                if not any_active[s]:
                     continue
                 grads, losses = self.batched_meta(params, *_at(sup, s), *_at(qry, s))
-                opt.step(params, grads, active[s])
+                opt.step(params, grads, active[s], all_active=all_active[s])
                 total += torch.where(active[s], losses.to(torch.float64), torch.zeros_like(total))
                 fallbacks += torch.where(active[s], fallback[s], torch.zeros_like(fallbacks))
         return params, schedule, total, fallbacks

@@ -265,6 +265,7 @@ class MethodTrainer:
         rows = gather_rows([{k: v.to(dev) for k, v in _rows(data[c]).items()} for c in ids], schedule, dev)
         rows["weight"] = schedule.weight.to(dev)
         active, steps = schedule.active.to(dev), schedule.steps
+        all_active = schedule.active.all(dim=1).tolist()  # per step, on the host: no device sync per step
         num_steps = int(schedule.index.shape[0])
         step_rows = {}
         for key in data[ids[0]].per_step:
@@ -293,7 +294,7 @@ class MethodTrainer:
                                              {k: v[s] for k, v in step_rows.items()}, personal)
                 act = active[s]
                 updated = {k[len(_UPDATED):]: v for k, v in aux.items() if k.startswith(_UPDATED)}
-                opt.step(params, grads, act, updated)
+                opt.step(params, grads, act, updated, all_active=all_active[s])
                 loss_sum += torch.where(act, losses.to(torch.float64), torch.zeros_like(loss_sum))
                 for k, v in aux.items():
                     if k.startswith(_UPDATED):

@@ -76,9 +76,13 @@ class VectorOptimizer:
                                  "step": torch.zeros(c, dtype=p.dtype, device=p.device)}
 
     def step(self, params: Tensors, grads: Mapping[str, torch.Tensor], active: torch.Tensor,
-             updated: Mapping[str, torch.Tensor] | None = None) -> None:
+             updated: Mapping[str, torch.Tensor] | None = None, all_active: bool | None = None) -> None:
+        """One step of every client whose ``active`` is true. ``all_active``: whether every client is
+        active, when the caller knows it on the host (else it is read from ``active``, a device sync)."""
         self._calls += 1
-        if self.s.kind == "sgd" and not updated and bool(active.all()):
+        if all_active is None:
+            all_active = bool(active.all())
+        if self.s.kind == "sgd" and not updated and all_active:
             self._sgd_all(params, grads)
             return
         for n, p in params.items():
