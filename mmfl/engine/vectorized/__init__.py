@@ -140,12 +140,13 @@ def trainer_for(method: Method, cfg: ExperimentConfig, state: RoundState, sample
     # Nothing to check the engine on (a client without samples): say so for this call only, without
     # caching a verdict for the setting. Callers pass a client that has samples where there is one.
     found = "the sample client holds no sample to check the engine on" if len(sample) == 0 else None
+    spec = DataSpec.from_json(state.meta["data_spec"])
+    if found is None and cfg.train.engine == "auto":  # known to differ beyond rounding: every trainer alike
+        found = method.inexact_vectorized(Context(cfg, spec, state.round + 1))
     found = found or _special(method, cfg, state, sample)
     if found is None:
         if method_reason(method) is None:  # Method's own training hooks: the plain trainer
-            spec = DataSpec.from_json(state.meta["data_spec"])
-            inexact = method.inexact_vectorized(Context(cfg, spec, state.round + 1)) if cfg.train.engine == "auto" else None
-            found = inexact or _trainer(method, cfg, state, spec, sample, cuda_graph, static_buffers)
+            found = _trainer(method, cfg, state, spec, sample, cuda_graph, static_buffers)
         else:  # hooks of its own: the method trainer
             found = method_trainer_for(method, cfg, state, sample)
     if not isinstance(found, str):

@@ -23,7 +23,8 @@ Adam. This trainer reproduces that loop for a chunk of clients at once:
 3FM's loss draws no random numbers (the model is checked for dropout), so the loop's per-client
 ``torch.manual_seed`` has nothing to reproduce. Updates equal the loop's to float rounding
 (``tests/test_threefm_vectorized.py``: 1e-6 after a round). ``train.engine: auto`` keeps the loop
-for the second-order inner Adam, whose meta-gradient magnifies rounding (``trainer_for_3fm``).
+for the second-order inner Adam, whose meta-gradient magnifies rounding (``ThreeFM.inexact_vectorized``,
+asked by ``trainer_for`` before any trainer).
 """
 
 from __future__ import annotations
@@ -271,9 +272,6 @@ def trainer_for_3fm(method: Method, cfg: ExperimentConfig, state: RoundState,
         return f"method {method.name!r} changes 3FM's hooks {', '.join(changed)}, which this engine does not reproduce"
     ctx = Context(cfg, DataSpec.from_json(state.meta["data_spec"]), state.round + 1)
     p: ThreeFMParams = ctx.params
-    inexact = method.inexact_vectorized(ctx)
-    if cfg.train.engine == "auto" and inexact:
-        return inexact
     key = _key(cfg, state, p)
     found = _TRAINERS.get(key)
     if found is None:

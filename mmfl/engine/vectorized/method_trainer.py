@@ -341,10 +341,6 @@ def method_trainer_for(method: Method, cfg: ExperimentConfig, state: RoundState,
     reason = method_reason(method)
     if reason:
         return reason
-    if cfg.train.engine == "auto":
-        inexact = method.inexact_vectorized(Context(cfg, DataSpec.from_json(state.meta["data_spec"]), state.round + 1))
-        if inexact:
-            return inexact
     key = _setting(method, cfg, state)
     if isinstance(_CHECKED.get(key), str):
         return _CHECKED[key]
