@@ -280,7 +280,8 @@ class MethodTrainer:
         own = [k for k in starts[0] if k not in self.trainable
                and any(s[k] is not starts[0][k] and not torch.equal(s[k], starts[0][k]) for s in starts[1:])]
         personal = {k: torch.stack([s[k] for s in starts]).to(dev) for k in own}
-        fixed = {k: v.to(dev) for k, v in starts[0].items() if k not in self.trainable and k not in personal}
+        kept = {k: v for k, v in starts[0].items() if k not in self.trainable and k not in personal}
+        fixed = {k: v.to(dev) for k, v in kept.items()}
         params = {n: torch.stack([s[n] for s in starts]).to(dev).clone() for n in self.trainable}
         opt = VectorOptimizer(self.settings, params)
         c = len(ids)
@@ -303,8 +304,8 @@ class MethodTrainer:
                     masked = torch.where(mask, v.to(torch.float64) if v.dim() == 1 else v, torch.zeros_like(v))
                     target = scalar_sums if v.dim() == 1 else vector_sums
                     target[k] = target[k] + masked if k in target else masked.clone()
-        shared = {f"model/{k}": v for k, v in starts[0].items() if k not in self.trainable and k not in personal}
-        stack = ClientStack({f"model/{n}": v for n, v in {**params, **personal}.items()}, shared,
+        stack = ClientStack({f"model/{n}": v for n, v in {**params, **personal}.items()},
+                            {f"model/{k}": v for k, v in kept.items()},
                             [f"model/{k}" for k in self.state_keys])
         updates = []
         share = (time.perf_counter() - started) / len(ids)  # clients of a chunk train together
