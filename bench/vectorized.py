@@ -239,11 +239,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
-        rows = summarize(saved["rows"])
+        rows = saved["rows"]
         gpu = any(r.get("device", "").startswith("cuda") for r in rows)
-        text = table(rows) + ("\n\n" + "\n".join(f"- {line}" for line in gpu_verdict(rows)) if gpu else "")
-        if saved.get("partial"):
-            text += "\n\n(The run was cut short: engines after the last row were not measured.)"
+        text = render(rows, gpu, partial=bool(saved.get("partial")))
         print(text)
         if args.out:
             write_markdown(Path(args.out), text, f"python -m bench.vectorized (rows of {args.from_json})", rows,
@@ -255,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_compile:
         modes = [m for m in modes if "compile" not in m]
     rows = []
-    started = time.perf_counter()
+    started, host = time.perf_counter(), machine()  # the load average at the start
     for name in args.workloads.split(","):
         w = WORKLOADS[name]
         params = num_params(WorkloadNet(w.spec, w.hidden))
@@ -281,19 +279,31 @@ def main(argv: list[str] | None = None) -> int:
                 msg = r.get("error") or f"{r['clients'] / statistics.median(r['round_s']):.1f} client-updates/s"
                 print(f"  {mode:>20} ({r['threads']} threads): {msg}", flush=True)
                 if args.json:  # after every engine, so a run stopped by a time limit keeps what it measured
-                    Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows, "partial": True}))
+                    Path(args.json).write_text(json.dumps({"machine": host, "rows": rows, "partial": True}))
+    text = render(rows, gpu)
+    print(text)
+    print(f"total bench time {time.perf_counter() - started:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": host, "rows": rows}, indent=1))
+    if args.out:
+        write_markdown(Path(args.out), text, " ".join(["python -m bench.vectorized", *(argv or sys.argv[1:])]), rows,
+                       "vectorized-gpu" if gpu else "vectorized", where=f"Measured {now()} UTC on {host}.")
+    return 0
+
+
+def now() -> str:
+    return f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}"
+
+
+def render(rows: list[dict], gpu: bool, partial: bool = False) -> str:
+    """The results table of ``rows`` (summarized in place), with the GPU claims checked on a GPU."""
     summarize(rows)
     text = table(rows)
     if gpu:
         text += "\n\n" + "\n".join(f"- {line}" for line in gpu_verdict(rows))
-    print(text)
-    print(f"total bench time {time.perf_counter() - started:.0f} s")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
-    if args.out:
-        write_markdown(Path(args.out), text, " ".join(["python -m bench.vectorized", *(argv or sys.argv[1:])]), rows,
-                       "vectorized-gpu" if gpu else "vectorized")
-    return 0
+    if partial:
+        text += "\n\n(The run was cut short: engines after the last row were not measured.)"
+    return text
 
 
 # the GPU claims of docs/benchmarks.md: client-updates/s of the fastest vectorized engine, and its ratio to the loop
@@ -327,7 +337,7 @@ def write_markdown(path: Path, text: str, command: str, rows: list[dict], sectio
     ``where`` names the machine (default: this one, now)."""
     params = sorted({(r["workload"], r["params"]) for r in rows if "params" in r})
     replace_section(path, *section_markers(section), "\n".join([
-        where or f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}.",
+        where or f"Measured {now()} UTC on {machine()}.",
         f"Command: `{command}` (run from the repository root).",
         "Parameters: " + ", ".join(f"{n} {p:,}" for n, p in params) + ".",
         "",
