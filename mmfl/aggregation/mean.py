@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import groupby
 
 import torch
 
@@ -41,22 +42,15 @@ def weighted_mean(tensors: Sequence[Mapping[str, torch.Tensor]], weights: Sequen
     # Rows are added in the given order, so that the result rounds the same however the clients were
     # trained (one stack, several stacks or plain dicts); consecutive rows of one stack are reduced
     # together where the stack lives.
-    run: tuple[object, list[StackedRow], list[float]] | None = None
-    for frac, t in zip(fractions, tensors):
-        if isinstance(t, StackedRow):
-            if run is not None and run[0] == t.group:
-                run[1].append(t)
-                run[2].append(frac)
-                continue
-            if run is not None:
-                type(run[1][0]).accumulate(acc, run[1], run[2])
-            run = (t.group, [t], [frac])
+    def stack_of(item: tuple[float, Mapping[str, torch.Tensor]]) -> object:
+        return item[1].group if isinstance(item[1], StackedRow) else None
+
+    for stack, run in groupby(zip(fractions, tensors), key=stack_of):
+        fracs, rows = zip(*run)
+        if stack is not None:
+            type(rows[0]).accumulate(acc, list(rows), list(fracs))
             continue
-        if run is not None:
-            type(run[1][0]).accumulate(acc, run[1], run[2])
-            run = None
-        for key in keys:
-            acc[key].add_(t[key].to(device="cpu", dtype=torch.float64), alpha=frac)
-    if run is not None:
-        type(run[1][0]).accumulate(acc, run[1], run[2])
+        for frac, t in zip(fracs, rows):
+            for key in keys:
+                acc[key].add_(t[key].to(device="cpu", dtype=torch.float64), alpha=frac)
     return {key: acc[key].to(shape_dtype(first, key)[1]) for key in keys}
