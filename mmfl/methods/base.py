@@ -36,12 +36,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
-from torch.nn import functional as F
 
 from mmfl.aggregation.robust_mean import robust_average
 from mmfl.config import ExperimentConfig
 from mmfl.data.dataset import DataSpec, MultimodalDataset
 from mmfl.models import MissingStrategy, MultimodalNet
+from mmfl.models.masked import masked_cross_entropy, masked_mean  # noqa: F401 - re-exported for methods
 from mmfl.state import ClientUpdate, RoundState
 
 
@@ -152,20 +152,6 @@ def iterate_batches(n: int, batch_size: int, generator: torch.Generator) -> Iter
         yield perm[start : start + batch_size]
 
 
-def masked_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """Mean of per-sample ``values`` over the real samples: all of them when ``weight`` is None (the loop),
-    else those of weight 1 (a padded batch of the vectorized engine); 0 for a batch without any."""
-    if weight is None:
-        return values.mean()
-    weight = weight.to(values.dtype)
-    return (values * weight).sum() / weight.sum().clamp_min(1.0)
-
-
-def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """``F.cross_entropy`` averaged over the real samples of a (possibly padded) batch."""
-    if weight is None:
-        return F.cross_entropy(logits, labels)
-    return masked_mean(F.cross_entropy(logits, labels, reduction="none"), weight)
 
 
 LossResult = torch.Tensor | tuple[torch.Tensor, Mapping[str, "float | torch.Tensor"]]

@@ -31,11 +31,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.nn import functional as F
 
+from mmfl.models.masked import masked_mean
+
 Project = Callable[[int, torch.Tensor], torch.Tensor]
-
-
-def _masked_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return (values * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -53,7 +51,7 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, rows: torch.T
     low = torch.finfo(logits.dtype).min  # (rows that do not take part keep finite logits and weigh 0)
     per_row = F.cross_entropy(logits.masked_fill(out, low), target, reduction="none") \
         + F.cross_entropy(logits.T.masked_fill(out, low), target, reduction="none")
-    return 0.5 * _masked_mean(per_row, rows.to(logits.dtype))
+    return 0.5 * masked_mean(per_row, rows.to(logits.dtype))
 
 
 def margin_ranking(a: torch.Tensor, b: torch.Tensor, margin: float, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -65,7 +63,7 @@ def margin_ranking(a: torch.Tensor, b: torch.Tensor, margin: float, rows: torch.
     if rows is not None:
         pairs = pairs & rows.unsqueeze(0) & rows.unsqueeze(1)
     cost = F.relu(margin - pos[:, None] + s) + F.relu(margin - pos[None, :] + s)
-    return 0.5 * _masked_mean(cost, pairs.to(cost.dtype))
+    return 0.5 * masked_mean(cost, pairs.to(cost.dtype))
 
 
 def _mean_of_terms(terms: list[torch.Tensor], counts: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mmfl.models.masked import masked_mean
 from mmfl.models.backbones import BackboneConfig, frozen_projection, load_vilt, prepare_images, text_attention
 
 CLS_ID, SEP_ID = 101, 102  # BERT uncased vocabulary used by ViLT
@@ -73,14 +74,6 @@ def batchwise_top_k(similarity: torch.Tensor, k: int, weight: torch.Tensor | Non
     return torch.sort(votes.sum(0), descending=True, stable=True).indices[:k]
 
 
-def _row_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """Mean of per-row ``values`` over the rows of weight 1 (all rows when ``weight`` is None)."""
-    if weight is None:
-        return values.mean()
-    w = weight.to(values.dtype)
-    return (values * w).sum() / w.sum().clamp_min(1.0)
-
-
 class PromptPool(nn.Module):
     """A pool of prompts that are their own keys, with this pool's query projection."""
 
@@ -107,7 +100,7 @@ class PromptPool(nn.Module):
         q = F.normalize(self.query(pooled), dim=-1)
         sim = q @ keys.T
         ids = batchwise_top_k(sim.detach(), self.top_k, weight)
-        reg = _row_mean((1.0 - sim.index_select(1, ids)).sum(dim=1), weight)
+        reg = masked_mean((1.0 - sim.index_select(1, ids)).sum(dim=1), weight)
         return ids, self.prompts.index_select(0, ids).flatten(0, 1), reg
 
 

@@ -18,6 +18,8 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
+from mmfl.models.masked import masked_mean
+
 Tensors = dict[str, torch.Tensor]
 Penalty = Callable[[Tensors, Tensors], "torch.Tensor | None"]
 
@@ -62,8 +64,7 @@ def make_client_loss(model: nn.Module, fixed: Tensors, anchor: Tensors, penalty:
                     weight: torch.Tensor) -> torch.Tensor:
         tensors = {**fixed, **trainable}
         logits = functional_call(model, tensors, (inputs, present))
-        per_sample = F.cross_entropy(logits, labels, reduction="none")
-        loss = (per_sample * weight).sum() / weight.sum().clamp_min(1.0)
+        loss = masked_mean(F.cross_entropy(logits, labels, reduction="none"), weight)
         if penalty is not None:
             params = {n: tensors[n] for n in anchor}
             extra = penalty(params, anchor)
