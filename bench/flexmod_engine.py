@@ -18,11 +18,11 @@ import os
 import platform
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+from bench.engines import alternate, max_update_diff
 from mmfl.engine import steps, vectorized
 from mmfl.methods import load_experiment
 
@@ -41,19 +41,10 @@ def measure(method: str, repeats: int, threads: int, config: Path) -> dict:
         m = steps.method_of(cfg)
         engines = {"loop": lambda: vectorized.loop_train(m, cfg, state, shards, ids),
                    "vectorized": lambda: vectorized.client_train_vectorized(cfg, state, shards, ids, method=m)}
-        first, times, cpu, out = {}, {k: [] for k in engines}, {k: [] for k in engines}, {}
-        for name, run in engines.items():
-            t0 = time.perf_counter()
-            out[name] = run()
-            first[name] = time.perf_counter() - t0
-        for _ in range(repeats):
-            for name, run in engines.items():
-                t0, c0 = time.perf_counter(), time.process_time()
-                run()
-                times[name].append(time.perf_counter() - t0)
-                cpu[name].append(time.process_time() - c0)
-        diff = max(float((u.tensors[k].double() - v.tensors[k].double()).abs().max())
-                   for u, v in zip(out["loop"], out["vectorized"]) for k in u.tensors)
+        first_s, _, out = alternate(engines, 1)  # the first call of each (the vectorized trainer's preparation)
+        first = {k: v[0] for k, v in first_s.items()}
+        times, cpu, _ = alternate(engines, repeats)
+        diff = max_update_diff(out["loop"], out["vectorized"])
         med = {k: statistics.median(v) for k, v in times.items()}
         med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
         best = {k: min(v) for k, v in times.items()}

@@ -23,7 +23,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,6 +31,7 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from bench.engines import alternate, max_update_diff  # noqa: E402
 from mmfl.engine import steps  # noqa: E402
 from mmfl.methods import parse_experiment  # noqa: E402
 
@@ -60,14 +60,6 @@ def config(method: str, engine: str, args, root: str):
     })
 
 
-def timed(cfg, state, shards, ids):
-    """(wall seconds, CPU seconds of this process, updates): on a shared machine the CPU time is the
-    steadier measure of the work done."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    updates = steps.client_train(cfg, state, shards, ids)
-    return time.perf_counter() - wall, time.process_time() - cpu, updates
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=10)
@@ -91,16 +83,10 @@ def main() -> None:
             shards = dict(enumerate(data.clients))
             ids = list(shards)
             steps.client_train(loop, state, shards, ids)  # fills the feature cache
-            times: dict[str, list[float]] = {"loop": [], "vectorized": []}
-            cpu: dict[str, list[float]] = {"loop": [], "vectorized": []}
-            results = {}
-            for _ in range(args.repeats):
-                for name, cfg in (("loop", loop), ("vectorized", vec)):
-                    seconds, cpu_seconds, results[name] = timed(cfg, state, shards, ids)
-                    times[name].append(seconds)
-                    cpu[name].append(cpu_seconds)
-            diff = max(float((a.model_weights()[k].double() - b.model_weights()[k].double()).abs().max())
-                       for a, b in zip(results["loop"], results["vectorized"]) for k in a.model_weights())
+            times, cpu, results = alternate(
+                {name: lambda cfg=cfg: steps.client_train(cfg, state, shards, ids)
+                 for name, cfg in (("loop", loop), ("vectorized", vec))}, args.repeats)
+            diff = max_update_diff(results["loop"], results["vectorized"])
             t_loop, t_vec = statistics.median(times["loop"]), statistics.median(times["vectorized"])
             c_loop, c_vec = statistics.median(cpu["loop"]), statistics.median(cpu["vectorized"])
             sizes = sorted(len(s) for s in data.clients)

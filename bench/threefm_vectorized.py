@@ -26,6 +26,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.engines import alternate, max_update_diff  # noqa: E402
 from mmfl.engine import steps  # noqa: E402
 from mmfl.engine.vectorized import loop_train, train_clients, trainer_for  # noqa: E402
 from mmfl.methods import load_experiment, resolve  # noqa: E402
@@ -35,11 +36,6 @@ VARIANTS = {
     "official": ["method.params.inner_optimizer=adam", "method.params.inner_steps=5", "train.engine=vectorized"],
     "minibatch": ["method.params.batching=minibatch"],
 }
-
-
-def max_diff(loop, vec) -> float:
-    return max(float((u.tensors[k].double() - v.tensors[k].double()).abs().max())
-               for u, v in zip(loop, vec) for k in u.tensors)
 
 
 def aggregate_diff(cfg, state, loop, vec) -> float:
@@ -77,18 +73,14 @@ def main() -> None:
             if trainer is None:
                 console.print(f"[red]{name}: the vectorized engine falls back to the loop here; skipped")
                 continue
-            loop_s, vec_s = [], []
-            for _ in range(args.repeats):
-                t0 = time.perf_counter()
-                loop = loop_train(method, cfg, state, shards, ids)
-                loop_s.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                vec = train_clients(trainer, cfg, state, shards, ids)
-                vec_s.append(time.perf_counter() - t0)
-            lo, ve = statistics.median(loop_s), statistics.median(vec_s)
+            wall, _, out = alternate({"loop": lambda: loop_train(method, cfg, state, shards, ids),
+                                      "vectorized": lambda: train_clients(trainer, cfg, state, shards, ids)},
+                                     args.repeats)
+            loop, vec = out["loop"], out["vectorized"]
+            lo, ve = statistics.median(wall["loop"]), statistics.median(wall["vectorized"])
             meta_steps = int(sum(u.metrics["local_steps"] for u in loop))
             table.add_row(name, str(len(ids)), str(meta_steps), f"{lo:.2f}", f"{ve:.2f}", f"{lo / ve:.2f}x",
-                          f"{prepare:.2f}", f"{max_diff(loop, vec):.1e}", f"{aggregate_diff(cfg, state, loop, vec):.1e}")
+                          f"{prepare:.2f}", f"{max_update_diff(loop, vec):.1e}", f"{aggregate_diff(cfg, state, loop, vec):.1e}")
     console.print(table)
 
 
